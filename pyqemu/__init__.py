@@ -1,0 +1,1 @@
+"""pyqemu: build, drive and measure QEMU with live dirty-bitmap migration."""

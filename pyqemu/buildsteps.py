@@ -1,0 +1,162 @@
+"""The steps the top-level meson.build runs as custom targets.
+
+``meson.build`` describes the build as a chain -- source tree, QEMU
+configure, QEMU ninja, shim library -- and calls this module for each
+link of the chain::
+
+    python -m pyqemu.buildsteps source    --flavour F --stamp OUT ...
+    python -m pyqemu.buildsteps configure --flavour F --stamp OUT ...
+    python -m pyqemu.buildsteps ninja     --flavour F --stamp OUT ...
+
+Every step rewrites its stamp only when it changed something.  meson's
+custom commands are ``restat``, so an unchanged stamp tells ninja that
+nothing downstream needs rebuilding: a second ``pyqemu build`` with
+nothing changed relinks nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from . import series, source
+from .paths import Layout
+
+#: The only configure flags; both flavours use exactly these.
+CONFIGURE_FLAGS = (
+    "--target-list=x86_64-softmmu",
+    "--without-default-features",
+    "--enable-tools",
+    "--disable-docs",
+    # Debian's tarball has no firmware blobs to install.
+    "--disable-install-blobs",
+    # Objects are linked into the ctypes shim's shared library too, and
+    # -fPIE objects cannot go into a shared object.
+    "--disable-pie",
+    "--extra-cflags=-fPIC",
+    # No network for meson subprojects: the tarball ships what is needed.
+    "--disable-download",
+    # SeaBIOS and option ROMs for -machine pc come from Debian packages.
+    "--firmwarepath=/usr/share/seabios:/usr/share/qemu",
+)
+
+#: QEMU ninja targets the project uses: the binaries, QEMU's own hbitmap
+#: unit test, and the archives the shim library links against (qom,
+#: authz, crypto and io are not built by default).
+NINJA_TARGETS = (
+    "qemu-system-x86_64", "qemu-img", "qemu-io", "qemu-nbd",
+    "storage-daemon/qemu-storage-daemon", "tests/unit/test-hbitmap",
+    "libqemuutil.a", "libqom.a", "libauthz.a", "libcrypto.a", "libio.a",
+)
+
+
+def ccache_env(layout: Layout) -> dict[str, str]:
+    """ccache keeps its cache in the project cache, never in the checkout."""
+    return dict(os.environ,
+                CCACHE_DIR=str(layout.ccache),
+                CCACHE_MAXSIZE="5G",
+                CCACHE_NOHASHDIR="1",
+                CCACHE_BASEDIR=str(layout.root))
+
+
+def update_stamp(stamp: Path, content: str) -> None:
+    """Write *stamp* only if its content changes (keeps its mtime otherwise)."""
+    try:
+        if stamp.read_text() == content:
+            return
+    except OSError:
+        pass
+    stamp.write_text(content)
+
+
+def step_source(layout: Layout, flavour: str, qemu_src: Path | None,
+                stamp: Path) -> None:
+    stock, origin = source.prepare_stock(layout, qemu_src)
+    tree = stock
+    if flavour == "patched":
+        tree = series.prepare_patched(layout, stock)
+    head = source.git(tree, "rev-parse", "HEAD").stdout.strip()
+    update_stamp(stamp, f"/* {origin.describe()} */\n"
+                        f"#define PYQEMU_QEMU_TREE_HEAD \"{head}\"\n")
+
+
+def configure_args(layout: Layout, flavour: str) -> list[str]:
+    return [*CONFIGURE_FLAGS, "--cc=ccache gcc", f"--python={sys.executable}"]
+
+
+def step_configure(layout: Layout, flavour: str, stamp: Path) -> None:
+    tree = layout.source(flavour)
+    build = layout.qemu_build(flavour)
+    args = configure_args(layout, flavour)
+    record = build / "pyqemu-configure.json"
+    want = {"source": str(tree), "args": args}
+    try:
+        configured = json.loads(record.read_text()) == want and \
+            (build / "build.ninja").exists()
+    except (OSError, ValueError):
+        configured = False
+    if not configured:
+        build.mkdir(parents=True, exist_ok=True)
+        record.unlink(missing_ok=True)
+        print(f"pyqemu: configuring {flavour} QEMU: configure "
+              + " ".join(shlex.quote(a) for a in args), flush=True)
+        res = subprocess.run([str(tree / "configure"), *args], cwd=build,
+                             env=ccache_env(layout), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, check=False)
+        if res.returncode != 0:
+            sys.stderr.write(res.stdout[-6000:])
+            raise SystemExit(f"pyqemu: QEMU configure failed for {flavour} "
+                             f"(log above, build dir {build})")
+        record.write_text(json.dumps(want))
+    update_stamp(stamp, json.dumps(want) + "\n")
+
+
+def _fingerprint(build: Path) -> str:
+    parts = []
+    for target in NINJA_TARGETS:
+        p = build / target
+        st = p.stat()
+        parts.append(f"{target} {st.st_mtime_ns} {st.st_size}")
+    return "\n".join(parts) + "\n"
+
+
+def step_ninja(layout: Layout, flavour: str, stamp: Path) -> None:
+    build = layout.qemu_build(flavour)
+    res = subprocess.run(["ninja", "-C", str(build), *NINJA_TARGETS],
+                         env=ccache_env(layout), check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"pyqemu: building {flavour} QEMU failed "
+                         f"(ninja output above, build dir {build})")
+    update_stamp(stamp, _fingerprint(build))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="pyqemu.buildsteps")
+    ap.add_argument("step", choices=("source", "configure", "ninja"))
+    ap.add_argument("--flavour", required=True, choices=("stock", "patched"))
+    ap.add_argument("--cache", required=True, type=Path)
+    ap.add_argument("--tag", required=True)
+    ap.add_argument("--qemu-src", default="")
+    ap.add_argument("--stamp", required=True, type=Path)
+    args = ap.parse_args(argv)
+    layout = Layout(args.cache, args.tag)
+    try:
+        if args.step == "source":
+            step_source(layout, args.flavour,
+                        Path(args.qemu_src) if args.qemu_src else None,
+                        args.stamp)
+        elif args.step == "configure":
+            step_configure(layout, args.flavour, args.stamp)
+        else:
+            step_ninja(layout, args.flavour, args.stamp)
+    except (source.SourceError, series.SeriesError) as e:
+        raise SystemExit(f"pyqemu: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

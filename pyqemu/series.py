@@ -1,0 +1,105 @@
+"""Apply the patch series in ``patches/`` to a QEMU tree with ``git am``.
+
+The patched tree is a shared clone of the stock tree, so both start from
+the same base commit.  When the series changes, the tree is reset to the
+base and the series is applied again; ``git reset --hard`` rewrites only
+the files that differ, so ninja rebuilds only what the series touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .log import info
+from .paths import REPO, Layout
+from .source import clear_stamp, git, read_stamp, write_stamp
+
+PATCH_DIR = REPO / "patches"
+
+
+class SeriesError(RuntimeError):
+    """A patch of the series does not apply; the message names it."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    path: Path
+    subject: str
+
+
+def patches(directory: Path = PATCH_DIR) -> list[Patch]:
+    """The series in order, without the cover letter."""
+    out = []
+    for p in sorted(directory.glob("*.patch")):
+        if p.name.startswith("0000-"):
+            continue
+        m = re.search(r"^Subject: (.*(?:\n .*)*)", p.read_text(errors="replace"),
+                      re.M)
+        subject = re.sub(r"\s*\n\s*", " ", m.group(1)) if m else p.name
+        out.append(Patch(p, subject))
+    return out
+
+
+def series_hash(series: list[Patch]) -> str:
+    h = hashlib.sha256()
+    for p in series:
+        h.update(p.path.name.encode() + b"\0" + p.path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _failure_reason(output: str) -> str:
+    """The lines of git-am output that say why a patch did not apply."""
+    keep = [ln for ln in output.splitlines()
+            if ln.startswith(("error:", "fatal:")) or "does not apply" in ln
+            or "patch failed" in ln]
+    return "; ".join(keep) or output.strip().splitlines()[-1]
+
+
+def apply_series(tree: Path, series: list[Patch]) -> list[str]:
+    """``git am`` each patch in turn; raise SeriesError naming the failure.
+
+    Patches are applied one at a time so that the error names the file and
+    subject of the first patch that fails, with git's reason.
+    """
+    applied = []
+    for i, patch in enumerate(series, 1):
+        res = git(tree, "am", "-q", "--keep-cr", str(patch.path), check=False)
+        if res.returncode != 0:
+            reason = _failure_reason(res.stdout + res.stderr)
+            git(tree, "am", "--abort", check=False)
+            raise SeriesError(
+                f"patch {i}/{len(series)} {patch.path.name} "
+                f"(\"{patch.subject}\") does not apply: {reason}")
+        applied.append(patch.path.name)
+    return applied
+
+
+def prepare_patched(layout: Layout, stock: Path,
+                    series: list[Patch] | None = None) -> Path:
+    """Make (or reuse) the patched tree: stock base + the series."""
+    series = patches() if series is None else series
+    tree = layout.source("patched")
+    base = git(stock, "rev-parse", "pyqemu-base").stdout.strip()
+    want = {"base": base, "series": series_hash(series)}
+    if read_stamp(tree) == want:
+        return tree
+    if not (tree / ".git").is_dir():
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout",
+                        str(stock), str(tree)], check=True)
+    else:
+        clear_stamp(tree)
+        git(tree, "am", "--abort", check=False)
+        git(tree, "fetch", "-q", str(stock), "pyqemu-base")
+    git(tree, "checkout", "-q", "-f", "-B", "pyqemu-series", base)
+    git(tree, "clean", "-q", "-f", "-d")
+    info(f"applying {len(series)} patches to {tree}")
+    apply_series(tree, series)
+    write_stamp(tree, want)
+    return tree
