@@ -116,6 +116,27 @@ def step_configure(layout: Layout, flavour: str, stamp: Path) -> None:
     update_stamp(stamp, json.dumps(want) + "\n")
 
 
+#: The directories of CONFIGURE_FLAGS' --firmwarepath.
+FIRMWARE_DIRS = ("/usr/share/seabios", "/usr/share/qemu")
+
+
+def link_firmware(build: Path) -> None:
+    """Make the firmware visible to binaries run from the build tree.
+
+    A QEMU run from its build directory maps every data path into
+    ``<build>/qemu-bundle``, so the firmware directories configured with
+    --firmwarepath are linked there (iotests and our VMs both need them).
+    """
+    for d in FIRMWARE_DIRS:
+        link = build / "qemu-bundle" / d.lstrip("/")
+        if link.is_symlink() and os.readlink(link) == d:
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(d)
+
+
 def _fingerprint(build: Path) -> str:
     parts = []
     for target in NINJA_TARGETS:
@@ -132,6 +153,7 @@ def step_ninja(layout: Layout, flavour: str, stamp: Path) -> None:
     if res.returncode != 0:
         raise SystemExit(f"pyqemu: building {flavour} QEMU failed "
                          f"(ninja output above, build dir {build})")
+    link_firmware(build)
     update_stamp(stamp, _fingerprint(build))
 
 

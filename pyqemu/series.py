@@ -20,6 +20,8 @@ from .paths import REPO, Layout
 from .source import clear_stamp, git, read_stamp, write_stamp
 
 PATCH_DIR = REPO / "patches"
+#: The commit the series applies to, in both trees (see pyqemu.source).
+BASE_TAG = "refs/tags/pyqemu-base"
 
 
 class SeriesError(RuntimeError):
@@ -84,7 +86,7 @@ def prepare_patched(layout: Layout, stock: Path,
     """Make (or reuse) the patched tree: stock base + the series."""
     series = patches() if series is None else series
     tree = layout.source("patched")
-    base = git(stock, "rev-parse", "pyqemu-base").stdout.strip()
+    base = git(stock, "rev-parse", BASE_TAG).stdout.strip()
     want = {"base": base, "series": series_hash(series)}
     if read_stamp(tree) == want:
         return tree
@@ -96,7 +98,7 @@ def prepare_patched(layout: Layout, stock: Path,
     else:
         clear_stamp(tree)
         git(tree, "am", "--abort", check=False)
-        git(tree, "fetch", "-q", str(stock), "pyqemu-base")
+        git(tree, "fetch", "-q", str(stock), BASE_TAG)
     git(tree, "checkout", "-q", "-f", "-B", "pyqemu-series", base)
     git(tree, "clean", "-q", "-f", "-d")
     info(f"applying {len(series)} patches to {tree}")

@@ -184,7 +184,7 @@ def base_tree_from_tarball(layout: Layout, tarball: Tarball) -> Path:
         return tree
     info(f"unpacking {tarball.path.name} into {tree}")
     _unpack(tarball.path, tree)
-    git(tree, "init", "-q", "-b", "pyqemu-base")
+    git(tree, "init", "-q", "-b", "pyqemu")
     git(tree, "add", "-A", "-f")
     git(tree, "commit", "-q", "-m",
         f"QEMU {tarball.version} (Debian orig tarball)\n\nsha256 {tarball.sha256}")
@@ -219,7 +219,7 @@ def base_tree_from_git(layout: Layout, checkout: Path) -> Path:
     else:
         clear_stamp(tree)
         git(tree, "fetch", "-q", str(checkout), head)
-    git(tree, "checkout", "-q", "-f", "-B", "pyqemu-base", head)
+    git(tree, "checkout", "-q", "-f", "-B", "pyqemu", head)
     if needs_firmware_fixup(tree):
         apply_firmware_fixup(tree)
     git(tree, "tag", "-f", "pyqemu-base")
