@@ -84,10 +84,14 @@ PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "pyqemu_free": (None, [c_void_p]),
     "pyqemu_shim_abi": (c_int, []),
     "pyqemu_shim_tree": (c_char_p, []),
+    # meta bitmaps (added by the series)
+    "hbitmap_create_meta": (HBitmapPtr, [HBitmapPtr, c_uint64]),
+    "hbitmap_free_meta": (None, [HBitmapPtr]),
 }
 
 #: Added by the patch series; absent from the stock library.
-OPTIONAL: frozenset[str] = frozenset()
+OPTIONAL: frozenset[str] = frozenset({"hbitmap_create_meta",
+                                      "hbitmap_free_meta"})
 
 
 class LibraryError(RuntimeError):

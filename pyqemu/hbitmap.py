@@ -41,12 +41,15 @@ class HBitmap:
                              f"more than 2**{LOG_MAX_SIZE} bits")
         self._lib = ffi.library(flavour)
         self._size = size
+        self._meta: MetaBitmap | None = None
         self._ptr = self._lib.hbitmap_alloc(size, granularity)
 
     # -- lifetime ----------------------------------------------------------
 
     def close(self) -> None:
         """Free the C bitmap now; the object is unusable afterwards."""
+        if self._meta is not None:
+            self._meta.close()
         ptr, self._ptr = self._ptr, None
         if ptr:
             self._lib.hbitmap_free(ptr)
@@ -144,6 +147,19 @@ class HBitmap:
             raise ValueError("hbitmap_merge needs three bitmaps of one size")
         result._lib.hbitmap_merge(a.ptr, b.ptr, result.ptr)
 
+    def create_meta(self, chunk_size: int) -> "MetaBitmap":
+        """Attach a meta bitmap: one bit per *chunk_size* items, set by every
+        change of this bitmap (patched builds only)."""
+        if self._meta is not None:
+            raise ValueError("this bitmap already has a meta bitmap")
+        if chunk_size <= 0 or chunk_size & (chunk_size - 1) or \
+                chunk_size < self.granule:
+            raise ValueError(f"chunk size {chunk_size} must be a power of two "
+                             f"of at least the granule ({self.granule})")
+        ptr = self._lib.hbitmap_create_meta(self.ptr, chunk_size)
+        self._meta = MetaBitmap(self, ptr)
+        return self._meta
+
     def truncate(self, size: int) -> None:
         """Grow (new items clean) or shrink (dropped items forgotten)."""
         if not 0 <= size <= INT64_MAX:
@@ -152,6 +168,8 @@ class HBitmap:
             raise ValueError(f"size {size} too large for this granularity")
         self._lib.hbitmap_truncate(self.ptr, size)
         self._size = size
+        if self._meta is not None:
+            self._meta._size = size
 
     # -- searching ---------------------------------------------------------
 
@@ -298,3 +316,29 @@ class HBitmap:
             return "<HBitmap closed>"
         return (f"<HBitmap size={self._size} granularity={self.granularity} "
                 f"count={self.count()}>")
+
+
+class MetaBitmap(HBitmap):
+    """The meta bitmap of an HBitmap: owned by it, never freed on its own.
+
+    It is an ordinary hbitmap (query it, reset it); ``close()`` detaches
+    and frees it through hbitmap_free_meta().
+    """
+
+    def __init__(self, owner: HBitmap, ptr: ffi.HBitmapPtr) -> None:
+        # No allocation: the C object belongs to owner's HBitmap.
+        self._lib = owner._lib
+        self._size = owner.size
+        self._meta = None
+        self._owner: HBitmap | None = owner
+        self._ptr = ptr
+
+    def close(self) -> None:
+        owner, self._owner = self._owner, None
+        self._ptr = None
+        if owner is not None and owner._ptr:
+            owner._meta = None
+            self._lib.hbitmap_free_meta(owner._ptr)
+
+    def create_meta(self, chunk_size: int) -> "MetaBitmap":
+        raise ValueError("a meta bitmap has no meta bitmap of its own")

@@ -164,3 +164,46 @@ class VM:
         for d in self.disks:
             for b in d.bitmaps:
                 yield d, b
+
+
+class Pair:
+    """A migration source and a ``-incoming defer`` destination.
+
+    Both get the same disks (node names must match for bitmaps to find
+    their node), each may be a different flavour, and both are killed on
+    exit whatever happened.
+    """
+
+    def __init__(self, disks: list[Disk], workdir: Path,
+                 src_flavour: str = "patched", dst_flavour: str = "patched",
+                 dst_disks: list[Disk] | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.workdir = workdir
+        self.src = VM("src", disks, src_flavour, workdir,
+                      extra_args=extra_args)
+        self.dst = VM("dst", dst_disks if dst_disks is not None else disks,
+                      dst_flavour, workdir, incoming=True,
+                      extra_args=extra_args)
+        self.sock = workdir / "migrate.sock"
+
+    @property
+    def uri(self) -> str:
+        return f"unix:{self.sock}"
+
+    def __enter__(self) -> "Pair":
+        self.sock.unlink(missing_ok=True)
+        self.src.launch()
+        try:
+            self.dst.launch()
+        except BaseException:
+            self.src.shutdown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for vm in (self.dst, self.src):
+            try:
+                vm.shutdown()
+            except Exception:  # a crashed QEMU is reported by the test
+                pass
+        self.sock.unlink(missing_ok=True)

@@ -1,0 +1,234 @@
+"""End to end: two QEMU processes (x86 ``-machine pc`` under TCG), bitmap
+migration over a unix socket, checked through QMP.
+
+Writes come from HMP qemu-io on the source.  Stock QEMU aborts when a
+write reaches a node that migration has inactivated, so every test that
+writes during a migration stops it at ``pre-switchover`` first; that is
+also the moment at which "the source bitmap at switchover" is defined.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from qemu.qmp import ExecuteError
+
+from pyqemu import migration
+from pyqemu.vm import Bitmap, Disk, Pair, VM
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+
+BITMAPS = (Bitmap("bm-64k", 64 * KiB), Bitmap("bm-1m", MiB),
+           Bitmap("bm-4k", 4 * KiB))
+LIVE = {"dirty-bitmaps": True, "dirty-bitmaps-live": True, "events": True}
+STOCK_CAPS = {"dirty-bitmaps": True, "events": True}
+
+
+@pytest.fixture
+def workdir():
+    """A short private directory: unix socket paths must stay < 108 bytes."""
+    d = Path(tempfile.mkdtemp(prefix="pq-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def spread_writes(vm: VM, node: str, size: int, n: int = 16) -> None:
+    for i in range(n):
+        vm.write(node, (i * size // n) // 4096 * 4096 + i * 4096, 64 * KiB)
+
+
+def wait_stats(vm: VM, key: str, at_least: int, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    info = {}
+    while time.monotonic() < deadline:
+        info = migration.query(vm)
+        if info.get("dirty-bitmaps", {}).get(key, 0) >= at_least:
+            return info
+        time.sleep(0.01)
+    raise AssertionError(f"dirty-bitmaps.{key} never reached {at_least}: {info}")
+
+
+# -- today's capability, both builds ----------------------------------------
+
+@pytest.mark.parametrize("flavour", ["stock", "patched"])
+def test_bitmaps_migrate_with_the_existing_capability(workdir, flavour):
+    # Small enough for stock to converge: it counts bitmap bits as bytes
+    disks = [Disk("disk0", 4 * GiB, bitmaps=BITMAPS)]
+    with Pair(disks, workdir, flavour, flavour) as p:
+        p.src.add_bitmaps()
+        p.src.cmd("block-dirty-bitmap-disable", node="disk0", name="bm-4k")
+        spread_writes(p.src, "disk0", 4 * GiB)
+        before = p.src.all_sha256()
+        described = p.src.bitmaps()
+        res = migration.run(p.src, p.dst, p.uri, STOCK_CAPS, timeout=60)
+        assert res.converged, res.error
+        migration.wait_destination_running(p.dst)
+        assert p.dst.all_sha256() == before
+        after = p.dst.bitmaps()
+        for key, desc in described.items():
+            assert after[key]["granularity"] == desc["granularity"]
+            assert after[key]["count"] == desc["count"]
+            assert after[key]["recording"] == desc["recording"]
+
+
+# -- bad input gets a clear error and changes nothing -----------------------
+
+def test_bad_qmp_input_is_refused_and_changes_nothing(workdir):
+    disks = [Disk("disk0", GiB, bitmaps=BITMAPS[:1])]
+    with VM("vm", disks, "patched", workdir) as vm:
+        vm.add_bitmaps()
+        vm.write("disk0", 0, 64 * KiB)
+        before = vm.all_sha256()
+        cases = [
+            ("block-dirty-bitmap-add", {"node": "nope", "name": "x"},
+             "Cannot find device='nope' nor node-name='nope'"),
+            ("block-dirty-bitmap-add",
+             {"node": "disk0", "name": "x", "granularity": 3000},
+             "Granularity must be power of 2"),
+            ("block-dirty-bitmap-add", {"node": "disk0", "name": "bm-64k"},
+             "Bitmap already exists: bm-64k"),
+            ("x-debug-block-dirty-bitmap-sha256",
+             {"node": "disk0", "name": "missing"},
+             "Dirty bitmap 'missing' not found"),
+            ("migrate-set-capabilities",
+             {"capabilities": [{"capability": "dirty-bitmaps-live",
+                                "state": True}]},
+             "Capability 'dirty-bitmaps-live' requires capability "
+             "'dirty-bitmaps'"),
+        ]
+        for command, args, message in cases:
+            with pytest.raises(ExecuteError) as e:
+                vm.cmd(command, **args)
+            assert message in str(e.value), (command, str(e.value))
+        assert vm.all_sha256() == before
+        caps = {c["capability"]: c["state"]
+                for c in vm.cmd("query-migrate-capabilities")}
+        assert caps["dirty-bitmaps-live"] is False
+
+
+# -- live precopy ------------------------------------------------------------
+
+def test_live_migration_with_writes_during_migration(workdir):
+    """Every destination bitmap equals the source bitmap at switchover,
+    chunks written after they were sent are sent again, and the
+    destination keeps tracking writes."""
+    size = TiB
+    disks = [Disk("disk0", size, bitmaps=BITMAPS),
+             Disk("disk1", 64 * GiB, bitmaps=(Bitmap("other", 128 * KiB),))]
+    with Pair(disks, workdir) as p:
+        p.src.add_bitmaps()
+        spread_writes(p.src, "disk0", size)
+        caps = dict(LIVE, **{"pause-before-switchover": True})
+        migration.start(p.src, p.dst, p.uri, caps,
+                        {"max-bandwidth": 256 * KiB, "downtime-limit": 300},
+                        dst_caps=LIVE)
+        wait_stats(p.src, "transferred", 8 * KiB)
+        # offset 0 was sent first: these writes land in sent chunks
+        for off in (0, 5 * MiB, size // 2, size - 64 * KiB):
+            p.src.write("disk0", off, 64 * KiB)
+        p.src.write("disk1", 4 * MiB, 4 * KiB)
+        migration.set_parameters(p.src, {"max-bandwidth": GiB})
+        migration.wait(p.src, ("pre-switchover",), 60)
+        at_switchover = p.src.all_sha256()
+        p.src.cmd("migrate-continue", state="pre-switchover")
+        info = migration.wait(p.src, ("completed",), 60)
+        migration.wait_destination_running(p.dst)
+
+        assert p.dst.all_sha256() == at_switchover
+        assert info["dirty-bitmaps"]["resent-chunks"] >= 1
+        assert info["dirty-bitmaps"]["remaining"] == 0
+
+        counts = {k: v["count"] for k, v in p.dst.bitmaps().items()}
+        p.dst.write("disk0", 7 * GiB, 64 * KiB)
+        grown = {k: v["count"] for k, v in p.dst.bitmaps().items()}
+        for key in (("disk0", "bm-64k"), ("disk0", "bm-1m"), ("disk0", "bm-4k")):
+            assert grown[key] > counts[key], key
+
+
+def test_multi_tib_bitmap_converges_only_with_the_series(workdir):
+    """A 4 TiB disk at 64 KiB granularity (an 8 MiB bitmap) under a 300 ms
+    downtime limit: stock never completes, the series does, within it."""
+    disks = [Disk("disk0", 4 * TiB, bitmaps=(Bitmap("bm", 64 * KiB),))]
+    params = {"max-bandwidth": 100 * MiB, "downtime-limit": 300}
+
+    with Pair(disks, workdir / "stock", "stock", "stock") as p:
+        p.src.add_bitmaps()
+        spread_writes(p.src, "disk0", 4 * TiB)
+        stock = migration.run(p.src, p.dst, p.uri, STOCK_CAPS, params,
+                              timeout=15)
+        assert stock.status == "timeout"
+        assert p.src.cmd("query-status")["status"] == "running"
+
+    with Pair(disks, workdir / "patched") as p:
+        p.src.add_bitmaps()
+        spread_writes(p.src, "disk0", 4 * TiB)
+        before = p.src.all_sha256()
+        res = migration.run(p.src, p.dst, p.uri, LIVE, params, timeout=60)
+        assert res.converged, res.error
+        assert res.downtime_ms is not None and res.downtime_ms <= 300
+        assert res.bitmaps_info["downtime-transferred"] < 1024
+        migration.wait_destination_running(p.dst)
+        assert p.dst.all_sha256() == before
+
+
+@pytest.mark.parametrize("src_flavour,dst_flavour,caps,size", [
+    ("patched", "stock", LIVE, TiB),
+    # a stock source counts bits as bytes: keep its bitmaps small
+    ("stock", "patched", STOCK_CAPS, 4 * GiB),
+], ids=["patched-to-stock", "stock-to-patched"])
+def test_mixed_stock_and_patched_pairs_migrate_correctly(
+        workdir, src_flavour, dst_flavour, caps, size):
+    """The stream format is unchanged, so live mode needs only the source."""
+    disks = [Disk("disk0", size, bitmaps=BITMAPS)]
+    with Pair(disks, workdir, src_flavour, dst_flavour) as p:
+        p.src.add_bitmaps()
+        spread_writes(p.src, "disk0", size)
+        before = p.src.all_sha256()
+        res = migration.run(p.src, p.dst, p.uri, caps,
+                            {"downtime-limit": 300}, timeout=60,
+                            dst_caps=STOCK_CAPS)
+        assert res.converged, res.error
+        migration.wait_destination_running(p.dst)
+        assert p.dst.all_sha256() == before
+
+
+def test_postcopy_with_live_bitmaps(workdir):
+    """Switching to postcopy after a live bulk phase still delivers every
+    bitmap exactly as it was at the switch."""
+    disks = [Disk("disk0", TiB, bitmaps=BITMAPS)]
+    with Pair(disks, workdir) as p:
+        p.src.add_bitmaps()
+        spread_writes(p.src, "disk0", TiB)
+        before = p.src.all_sha256()
+        migration.start(p.src, p.dst, p.uri, LIVE, {"max-bandwidth": 128 * KiB})
+        wait_stats(p.src, "transferred", 2 * KiB)
+        p.src.cmd("migrate-start-postcopy")
+        migration.wait(p.src, ("completed",), 60)
+        migration.wait_destination_running(p.dst)
+        deadline = time.monotonic() + 30
+        while any(b["busy"] for b in p.dst.bitmaps().values()):
+            assert time.monotonic() < deadline, "bitmaps still busy"
+            time.sleep(0.05)
+        assert p.dst.all_sha256() == before
+
+
+def test_cancelled_live_migration_leaves_source_bitmaps_intact(workdir):
+    disks = [Disk("disk0", TiB, bitmaps=BITMAPS)]
+    with Pair(disks, workdir) as p:
+        p.src.add_bitmaps()
+        spread_writes(p.src, "disk0", TiB)
+        before = p.src.all_sha256()
+        migration.start(p.src, p.dst, p.uri, LIVE, {"max-bandwidth": 64 * KiB})
+        wait_stats(p.src, "transferred", 2 * KiB)
+        p.src.cmd("migrate_cancel")
+        migration.wait(p.src, ("cancelled",), 30)
+        assert p.src.all_sha256() == before
+        assert not any(b["busy"] for b in p.src.bitmaps().values())
+        # the bitmaps still track writes and can be changed again
+        p.src.write("disk0", 3 * GiB, 4 * KiB)
+        assert p.src.all_sha256() != before
+        p.src.cmd("block-dirty-bitmap-clear", node="disk0", name="bm-4k")

@@ -1,0 +1,42 @@
+"""QEMU's own tests on the built trees: the series must keep upstream's
+bitmap tests passing, and its own unit tests and iotests must pass.
+
+The iotests run once per session (one ``check`` invocation, ~1 minute);
+each test then reports its own verdict so a regression names itself.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pyqemu import upstream
+
+ALL_IOTESTS = upstream.BITMAP_IOTESTS + upstream.SERIES_IOTESTS
+
+
+@pytest.fixture(scope="session")
+def iotest_results():
+    return upstream.run_iotests("patched", ALL_IOTESTS)
+
+
+@pytest.mark.parametrize("test", ALL_IOTESTS)
+def test_iotest_passes_on_patched_tree(iotest_results, test):
+    verdicts, log = iotest_results
+    assert test in verdicts, f"check printed no verdict for {test}:\n{log[-3000:]}"
+    v = verdicts[test]
+    if v.status == "not run":
+        reason = upstream.EXPECTED_NOT_RUN.get(test)
+        assert reason and reason in v.detail, \
+            f"{test} unexpectedly not run: {v.detail}"
+        return
+    if v.status != "pass":
+        start = log.find("--- ")
+        pytest.fail(f"{test}: {v.status} {v.detail}\n{log[start:][-4000:]}")
+
+
+@pytest.mark.parametrize("flavour,minimum", [("stock", 40), ("patched", 47)])
+def test_unit_test_hbitmap(flavour, minimum):
+    """QEMU's tests/unit/test-hbitmap; the series adds the meta tests."""
+    ok, bad, out = upstream.run_unit_test(flavour)
+    assert bad == 0, out[-3000:]
+    assert ok >= minimum, out[-3000:]
