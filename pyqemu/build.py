@@ -41,7 +41,7 @@ BINARIES = {
 def layout_for(qemu_src: Path | None) -> Layout:
     """Debian-tarball builds live under 'debian'; a checkout gets its own tag."""
     if qemu_src is None:
-        return Layout.default()
+        return Layout.default("debian")
     digest = hashlib.sha256(str(qemu_src.resolve()).encode()).hexdigest()[:10]
     return Layout.default(f"src-{qemu_src.resolve().name}-{digest}")
 

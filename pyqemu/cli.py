@@ -7,6 +7,7 @@ its own module so it can be used from tests and benchmarks too.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,13 @@ def _flavours(args: argparse.Namespace) -> tuple[str, ...]:
     if args.patched and not args.stock:
         return ("patched",)
     return ("stock", "patched")
+
+
+def _select_source(args: argparse.Namespace) -> None:
+    """With --qemu-src, make that tree's builds the ones every later step
+    (tests run in a subprocess included) uses."""
+    if getattr(args, "qemu_src", None) is not None:
+        os.environ["PYQEMU_TAG"] = buildmod.layout_for(args.qemu_src).tag
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -80,9 +88,11 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: build both trees and "
                                     "migrate a VM with dirty bitmaps")
+    src_opt(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("test", help="build if needed, then run the test suite")
+    src_opt(p)
     p.add_argument("pytest_args", nargs=argparse.REMAINDER,
                    help="extra arguments for pytest (after --)")
     p.set_defaults(func=cmd_test)
@@ -97,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    _select_source(args)
     try:
         return int(args.func(args) or 0)
     except (buildmod.BuildError, RuntimeError, OSError) as e:

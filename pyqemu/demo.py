@@ -1,95 +1,140 @@
 """``pyqemu demo``: the main job.
 
-Builds both trees, then migrates a running ``-machine pc`` VM (TCG) that
-carries dirty bitmaps, and prints a short report: the bitmaps, their
-sha256 on both sides, total time and downtime.
+Builds both trees, then migrates the same running ``-machine pc`` VM (TCG)
+with large dirty bitmaps twice over a unix socket: with stock QEMU and
+today's ``dirty-bitmaps`` capability, and with the series and
+``dirty-bitmaps-live``.  Prints what happened: convergence, total time,
+downtime, bitmap bytes on the wire (and in the downtime), and the sha256
+of every bitmap on both sides.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from . import build as buildmod
-from . import migration, source
-from .log import info
+from . import migration, series, source
 from .paths import Layout
-from .vm import VM, Bitmap, Disk
+from .vm import Bitmap, Disk, Pair
 
-GiB = 1 << 30
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
-
-def demo_disks(size: int) -> list[Disk]:
-    return [Disk("disk0", size, bitmaps=(
-        Bitmap("bm-64k", 64 << 10),
-        Bitmap("bm-1m", 1 << 20),
-        Bitmap("bm-4k-disabled", 4 << 10, disabled=True),
-    ))]
+DISK_SIZE = 4 * TiB
+BITMAPS = (Bitmap("bm-64k", 64 * KiB), Bitmap("bm-1m", MiB),
+           Bitmap("bm-16k-frozen", 16 * KiB, disabled=True))
+PARAMS = {"max-bandwidth": 100 * MiB, "downtime-limit": 300}
+STOCK_TIMEOUT = 20.0
 
 
-def dirty(vm: VM, size: int) -> None:
-    """A spread of writes so that every bitmap has several dirty regions."""
-    step = size // 16
-    for i in range(16):
-        vm.write("disk0", i * step + (i * 4096) % step, 64 << 10)
+@dataclass
+class Run:
+    label: str
+    result: migration.MigrationResult
+    before: dict
+    after: dict
+    wall: float
 
 
-def migrate_once(flavour: str, size: int, caps: dict[str, bool],
-                 params: dict, timeout: float, label: str) -> dict:
-    work = Layout.default().work() / f"demo-{flavour}"
-    work.mkdir(parents=True, exist_ok=True)
-    disks = demo_disks(size)
-    sock = work / "migrate.sock"
-    sock.unlink(missing_ok=True)
-    with VM(f"src-{flavour}", disks, flavour, work) as src, \
-            VM(f"dst-{flavour}", disks, flavour, work, incoming=True) as dst:
-        src.add_bitmaps()
-        for d, b in src.named_bitmaps():
-            if b.disabled:
-                src.cmd("block-dirty-bitmap-enable", node=d.node, name=b.name)
-        dirty(src, size)
-        for d, b in src.named_bitmaps():
-            if b.disabled:
-                src.cmd("block-dirty-bitmap-disable", node=d.node, name=b.name)
-        before = src.all_sha256()
-        counts = {k: v["count"] for k, v in src.bitmaps().items()}
-        grans = {k: v["granularity"] for k, v in src.bitmaps().items()}
-        t0 = time.monotonic()
-        res = migration.run(src, dst, f"unix:{sock}", caps, params, timeout,
-                            on_poll=migration.progress_printer(label))
-        wall = time.monotonic() - t0
-        after = dst.all_sha256() if res.converged else {}
-    return {"result": res, "before": before, "after": after, "counts": counts,
-            "granularities": grans, "wall": wall}
+def dirty(pair: Pair) -> None:
+    """Writes spread over the disk; the frozen bitmap records some first."""
+    pair.src.cmd("block-dirty-bitmap-enable", node="disk0",
+                 name="bm-16k-frozen")
+    for i in range(8):
+        pair.src.write("disk0", i * DISK_SIZE // 8 + i * MiB, 64 * KiB)
+    pair.src.cmd("block-dirty-bitmap-disable", node="disk0",
+                 name="bm-16k-frozen")
+    for i in range(32):
+        pair.src.write("disk0", i * DISK_SIZE // 32 + 12 * KiB, 4 * KiB)
 
 
-def report(title: str, run: dict) -> None:
-    res: migration.MigrationResult = run["result"]
-    print(f"\n== {title}")
-    print(f"   status {res.status}, total {res.total_ms} ms, downtime "
-          f"{res.downtime_ms} ms (wall {run['wall']:.1f} s)")
-    if res.error:
-        print(f"   {res.error}")
-    print(f"   {'node/bitmap':<24} {'gran':>7} {'dirty':>12}  "
-          f"{'sha256 source':<16}  {'sha256 dest':<16}  equal")
-    for key, sha in run["before"].items():
-        dst = run["after"].get(key)
-        name = "/".join(key)
-        print(f"   {name:<24} {run['granularities'][key]:>7} "
-              f"{run['counts'][key]:>12}  {sha[:16]}  "
-              f"{(dst or '-')[:16]:<16}  {'yes' if dst == sha else 'NO'}")
+def migrate(flavour: str, caps: dict, timeout: float, workdir: Path,
+            label: str) -> Run:
+    disks = [Disk("disk0", DISK_SIZE, bitmaps=BITMAPS)]
+    with Pair(disks, workdir / flavour, flavour, flavour) as pair:
+        pair.src.add_bitmaps()
+        dirty(pair)
+        before = pair.src.all_sha256()
+        start = time.monotonic()
+        res = migration.run(pair.src, pair.dst, pair.uri, caps, PARAMS,
+                            timeout, on_poll=migration.progress_printer(label))
+        wall = time.monotonic() - start
+        after = {}
+        if res.converged:
+            migration.wait_destination_running(pair.dst)
+            after = pair.dst.all_sha256()
+    return Run(label, res, before, after, wall)
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("MiB", MiB), ("KiB", KiB)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def report(runs: list[Run]) -> None:
+    print(f"\nVM: -machine pc (TCG), 64 MiB RAM, disk0 = {DISK_SIZE // TiB} TiB "
+          "null-co with bitmaps " + ", ".join(
+              f"{b.name} ({_fmt_bytes(b.granularity)} granularity)"
+              for b in BITMAPS))
+    print(f"migration: unix socket, max-bandwidth "
+          f"{PARAMS['max-bandwidth'] // MiB} MiB/s, downtime-limit "
+          f"{PARAMS['downtime-limit']} ms\n")
+    rows = [("", *[r.label for r in runs])]
+
+    def row(name: str, f) -> None:
+        rows.append((name, *[f(r) for r in runs]))
+
+    row("status", lambda r: r.result.status if r.result.converged else
+        f"not converged in {r.wall:.0f} s")
+    row("total time", lambda r: f"{r.result.total_ms} ms"
+        if r.result.total_ms is not None else "-")
+    row("downtime", lambda r: f"{r.result.downtime_ms} ms"
+        if r.result.downtime_ms is not None else "-")
+    row("bitmap bytes sent", lambda r: _fmt_bytes(
+        (r.result.bitmaps_info or {}).get("transferred")))
+    row("  of which in downtime", lambda r: _fmt_bytes(
+        (r.result.bitmaps_info or {}).get("downtime-transferred")))
+    row("bitmaps equal (sha256)", lambda r: (
+        f"{sum(r.after.get(k) == v for k, v in r.before.items())}"
+        f"/{len(r.before)}") if r.after else "-")
+    widths = [max(len(str(x[i])) for x in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+    for r in runs:
+        if not r.after:
+            continue
+        print(f"\n{r.label}: sha256 per bitmap (source -> destination)")
+        for key, sha in sorted(r.before.items()):
+            dst = r.after.get(key, "")
+            print(f"  {'/'.join(key):<22} {sha[:16]} -> {dst[:16]}  "
+                  f"{'equal' if dst == sha else 'DIFFERENT'}")
 
 
 def main(args: argparse.Namespace) -> int:
-    buildmod.build()
+    buildmod.build(qemu_src=args.qemu_src)
     origin = source.read_origin(Layout.default())
-    info("QEMU source: " + (origin.describe() if origin else "?"))
-    caps = {"dirty-bitmaps": True, "events": True}
-    params = {"max-bandwidth": 100 << 20, "downtime-limit": 300}
-    run = migrate_once("patched", 64 * GiB, caps, params, 60,
-                       "patched 64 GiB")
-    report("patched QEMU, 64 GiB disk, 3 bitmaps, dirty-bitmaps capability",
-           run)
-    ok = run["result"].converged and run["before"] == run["after"]
-    print("\nresult:", "bitmaps migrated intact" if ok else "FAILED")
+    print(f"QEMU: {origin.describe() if origin else '?'}; series: "
+          f"{len(series.patches())} patches")
+    workdir = Path(tempfile.mkdtemp(prefix="pq-demo-", dir="/tmp"))
+    try:
+        stock = migrate("stock", {"dirty-bitmaps": True}, STOCK_TIMEOUT,
+                        workdir, "stock, dirty-bitmaps")
+        patched = migrate("patched", {"dirty-bitmaps": True,
+                                      "dirty-bitmaps-live": True},
+                          60.0, workdir, "patched, dirty-bitmaps-live")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report([stock, patched])
+    ok = patched.result.converged and patched.after == patched.before
+    print("\nresult: " + ("the series migrated every bitmap intact, live"
+                          if ok else "FAILED: see above"))
     return 0 if ok else 1

@@ -42,8 +42,10 @@ class Layout:
     tag: str = "debian"
 
     @classmethod
-    def default(cls, tag: str = "debian") -> "Layout":
-        return cls(cache_root(), tag)
+    def default(cls, tag: str | None = None) -> "Layout":
+        """The layout in use: ``$PYQEMU_TAG`` (set by ``--qemu-src``) selects
+        a developer's tree for everything run from this process down."""
+        return cls(cache_root(), tag or os.environ.get("PYQEMU_TAG") or "debian")
 
     @property
     def downloads(self) -> Path:

@@ -23,7 +23,7 @@ from .paths import REPO, Layout
 def main(args: argparse.Namespace) -> int:
     deps.ensure(deps.BUILD + deps.FIRMWARE + deps.TEST)
     start = time.monotonic()
-    buildmod.build()
+    buildmod.build(qemu_src=args.qemu_src)
     info(f"build step took {time.monotonic() - start:.1f}s; running pytest")
     extra = list(args.pytest_args)
     if extra and extra[0] == "--":
