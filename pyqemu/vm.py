@@ -160,6 +160,34 @@ class VM:
     def all_sha256(self) -> dict[tuple[str, str], str]:
         return {key: self.sha256(*key) for key in self.bitmaps()}
 
+    def regions(self, node: str, name: str, offset: int = 0,
+                length: int | None = None,
+                max_regions: int = 1024) -> list[tuple[int, int]]:
+        """Every dirty (offset, length) of a bitmap in a window.
+
+        Uses the series' x-debug-block-dirty-bitmap-regions, following its
+        next-offset until the window is exhausted, so the result is whole
+        however many regions there are.
+        """
+        args: dict[str, Any] = {"node": node, "name": name,
+                                "max-regions": max_regions}
+        if length is not None:
+            args["length"] = length
+        end = None if length is None else offset + length
+        out: list[tuple[int, int]] = []
+        while True:
+            args["offset"] = offset
+            if end is not None:
+                args["length"] = end - offset
+            r = self.cmd("x-debug-block-dirty-bitmap-regions", **args)
+            out += [(x["offset"], x["length"]) for x in r["regions"]]
+            if "next-offset" not in r:
+                return out
+            offset = r["next-offset"]
+
+    def all_regions(self) -> dict[tuple[str, str], list[tuple[int, int]]]:
+        return {key: self.regions(*key) for key in self.bitmaps()}
+
     def named_bitmaps(self) -> Iterator[tuple[Disk, Bitmap]]:
         for d in self.disks:
             for b in d.bitmaps:

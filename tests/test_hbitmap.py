@@ -469,3 +469,42 @@ def test_wrong_handle_type_is_a_type_error_not_a_crash(flavour):
     import ctypes
     with pytest.raises(ctypes.ArgumentError):
         lib.hbitmap_count(ctypes.c_void_p(1234))
+
+
+# -- the region walk (x-debug-block-dirty-bitmap-regions is built on it) -----
+
+def test_region_walk_at_granularity_above_zero(make_bitmap):
+    hb = make_bitmap(1 << 20, 12)                # 4 KiB granules
+    hb.set(5000, 1)                              # granule 1
+    hb.set(8192, 4096)                           # granule 2: joins granule 1
+    hb.set(40960, 10)                            # granule 10
+    assert list(hb.dirty_areas()) == [(4096, 8192), (40960, 4096)]
+
+
+def test_region_walk_clips_to_window_edges(make_bitmap):
+    hb = make_bitmap(1 << 20, 12)
+    hb.set(16384, 4 * 4096)                      # [16384, 32768)
+    assert list(hb.dirty_areas(20480, 24576)) == [(20480, 4096)]
+    # windows that end where the region starts, or start where it ends
+    assert list(hb.dirty_areas(0, 16384)) == []
+    assert list(hb.dirty_areas(32768, 1 << 20)) == []
+    # one granule either side of the edges
+    assert list(hb.dirty_areas(12288, 20480)) == [(16384, 4096)]
+    assert list(hb.dirty_areas(28672, 36864)) == [(28672, 4096)]
+
+
+def test_region_walk_last_partial_granule(make_bitmap):
+    size = (1 << 20) + 100                       # 100 bytes of a last granule
+    hb = make_bitmap(size, 12)
+    hb.set(size - 1, 1)
+    assert list(hb.dirty_areas()) == [(1 << 20, 100)]
+    hb.set((1 << 20) - 4096, 1)
+    assert list(hb.dirty_areas()) == [((1 << 20) - 4096, 4196)]
+    assert hb.count() == 2 * 4096                # count is in whole granules
+
+
+def test_region_walk_respects_max_count(make_bitmap):
+    hb = make_bitmap(1 << 16)
+    hb.set(100, 1000)
+    assert list(hb.dirty_areas(0, 1 << 16, 300)) == \
+        [(100, 300), (400, 300), (700, 300), (1000, 100)]

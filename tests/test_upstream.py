@@ -34,7 +34,7 @@ def test_iotest_passes_on_patched_tree(iotest_results, test):
         pytest.fail(f"{test}: {v.status} {v.detail}\n{log[start:][-4000:]}")
 
 
-@pytest.mark.parametrize("flavour,minimum", [("stock", 40), ("patched", 47)])
+@pytest.mark.parametrize("flavour,minimum", [("stock", 40), ("patched", 51)])
 def test_unit_test_hbitmap(flavour, minimum):
     """QEMU's tests/unit/test-hbitmap; the series adds the meta tests."""
     ok, bad, out = upstream.run_unit_test(flavour)
