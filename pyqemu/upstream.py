@@ -27,7 +27,7 @@ BITMAP_IOTESTS = (
 
 #: iotests the series adds; they exist only in the patched tree.
 SERIES_IOTESTS = ("migrate-bitmaps-cancel", "migrate-bitmaps-live",
-                  "dirty-bitmap-regions")
+                  "dirty-bitmap-regions", "migrate-bitmaps-size-mismatch")
 
 #: Tests that may legitimately not run here, and the reason check gives.
 EXPECTED_NOT_RUN = {

@@ -51,7 +51,8 @@ class Disk:
     size: int
     file: Path | None = None
     bitmaps: tuple[Bitmap, ...] = field(default_factory=tuple)
-    device: str | None = None   # e.g. "ide-hd" to give the guest a disk
+    #: a guest device for the node, e.g. "ide-hd,bus=ide.0,unit=1"
+    device: str | None = None
 
     def blockdev(self) -> str:
         if self.file is None:
@@ -72,15 +73,25 @@ class VM:
                  workdir: Path | None = None, incoming: bool = False,
                  machine: str = "pc", memory_mb: int = 64,
                  extra_args: tuple[str, ...] = (),
-                 binary: Path | None = None) -> None:
+                 binary: Path | None = None, boot: Path | None = None,
+                 wrapper: tuple[str, ...] = ()) -> None:
         self.name = name
         self.flavour = flavour
         self.disks = disks
         self.workdir = workdir or Layout.default().work()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        #: what the guest prints on COM1
+        self.serial_log = self.workdir / f"{name}-serial.log"
+        self.serial_log.unlink(missing_ok=True)
         binary = binary or buildmod.binary("qemu-system-x86_64", flavour)
         args = ["-machine", f"{machine},accel=tcg", "-m", str(memory_mb),
-                "-nodefaults", "-no-user-config"]
+                "-nodefaults", "-no-user-config",
+                "-serial", f"file:{self.serial_log}"]
+        if boot is not None:
+            # A boot sector on the first IDE disk (see pyqemu.guest)
+            args += ["-blockdev", f"driver=file,filename={boot},node-name=boot",
+                     "-device", "ide-hd,drive=boot,bus=ide.0,unit=0,"
+                                "bootindex=0,id=bootdisk"]
         for i, d in enumerate(disks):
             args += ["-blockdev", d.blockdev()]
             if d.device:
@@ -90,6 +101,7 @@ class VM:
         args += list(extra_args)
         QEMUMachine = _import_machine()
         self.machine = QEMUMachine(str(binary), args=args, name=name,
+                                   wrapper=wrapper,
                                    base_temp_dir=str(self.workdir),
                                    log_dir=str(self.workdir))
 
@@ -205,18 +217,28 @@ class Pair:
     def __init__(self, disks: list[Disk], workdir: Path,
                  src_flavour: str = "patched", dst_flavour: str = "patched",
                  dst_disks: list[Disk] | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (),
+                 boot: tuple[Path, Path] | None = None,
+                 wrappers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+                 uri: str | None = None, dst_paused: bool = False) -> None:
         self.workdir = workdir
         self.src = VM("src", disks, src_flavour, workdir,
-                      extra_args=extra_args)
+                      extra_args=extra_args, boot=boot[0] if boot else None,
+                      wrapper=wrappers[0])
+        # -S: the destination stays paused after the migration, so that
+        # its state can be compared with the source's before it changes
         self.dst = VM("dst", dst_disks if dst_disks is not None else disks,
                       dst_flavour, workdir, incoming=True,
-                      extra_args=extra_args)
+                      extra_args=extra_args + (("-S",) if dst_paused else ()),
+                      boot=boot[1] if boot else None,
+                      wrapper=wrappers[1])
         self.sock = workdir / "migrate.sock"
+        self._uri = uri
 
     @property
     def uri(self) -> str:
-        return f"unix:{self.sock}"
+        """Where the destination listens: a unix socket unless given."""
+        return self._uri or f"unix:{self.sock}"
 
     def __enter__(self) -> "Pair":
         self.sock.unlink(missing_ok=True)

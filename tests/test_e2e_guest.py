@@ -1,0 +1,81 @@
+"""Live bitmap migration of a running guest whose own disk I/O, through an
+emulated IDE controller, keeps dirtying the bitmaps (tests/guest/writer.S).
+
+The guest is alive before, during and after migration (its serial counter
+keeps growing), every destination bitmap equals the source bitmap at the
+switchover (sha256 and regions), and the bitmaps keep tracking the
+guest's writes on the destination.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pyqemu import guest, migration
+from pyqemu.vm import Bitmap, Disk, Pair
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+LIVE = {"dirty-bitmaps": True, "dirty-bitmaps-live": True, "events": True}
+BITMAPS = (Bitmap("bm-4k", 4 * KiB), Bitmap("bm-64k", 64 * KiB),
+           Bitmap("bm-1m", MiB))
+
+
+@pytest.fixture
+def workdir():
+    d = Path(tempfile.mkdtemp(prefix="pq-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def writer_pair(workdir: Path, size: int = TiB, **kwargs) -> Pair:
+    disks = [Disk("disk0", size, bitmaps=BITMAPS,
+                  device="ide-hd,bus=ide.0,unit=1")]
+    boot = (guest.boot_disk(workdir, "src"), guest.boot_disk(workdir, "dst"))
+    return Pair(disks, workdir, boot=boot, **kwargs)
+
+
+def test_guest_writes_dirty_the_bitmaps_through_ide(workdir):
+    with writer_pair(workdir) as p:
+        p.src.add_bitmaps()
+        n = guest.wait_progress(p.src.serial_log, 64)
+        counts = {k: v["count"] for k, v in p.src.bitmaps().items()}
+        assert all(c > 0 for c in counts.values()), counts
+        # the n-th write is at sector n * 2056: its granule is dirty
+        regions = p.src.regions("disk0", "bm-4k")
+        assert regions[0] == (0, 4 * KiB)
+        assert (2056 * 512, 4 * KiB) in regions[:n]
+
+
+def test_live_migration_while_the_guest_writes(workdir):
+    with writer_pair(workdir, dst_paused=True) as p:
+        p.src.add_bitmaps()
+        guest.wait_progress(p.src.serial_log, 64)
+        caps = dict(LIVE, **{"pause-before-switchover": True})
+        migration.start(p.src, p.dst, p.uri, caps,
+                        {"max-bandwidth": 32 * MiB, "downtime-limit": 300})
+        during = guest.progress(p.src.serial_log)
+        migration.wait(p.src, ("pre-switchover",), 120)
+        # The guest ran during the migration, and stopped for switchover
+        at_switchover = guest.progress(p.src.serial_log)
+        assert at_switchover > during
+        shas = p.src.all_sha256()
+        regions = p.src.all_regions()
+        p.src.cmd("migrate-continue", state="pre-switchover")
+        info = migration.wait(p.src, ("completed",), 60)
+        migration.wait(p.dst, ("completed",), 60)
+
+        # Compared before the guest runs on the destination (-S)
+        assert p.dst.all_sha256() == shas
+        assert p.dst.all_regions() == regions
+        assert info["dirty-bitmaps"]["resent-chunks"] > 0
+
+        # The guest goes on writing on the destination, tracked as usual
+        counts = {k: v["count"] for k, v in p.dst.bitmaps().items()}
+        p.dst.cmd("cont")
+        guest.wait_progress(p.dst.serial_log, at_switchover)
+        after = {k: v["count"] for k, v in p.dst.bitmaps().items()}
+        assert all(after[k] > counts[k] for k in counts), (counts, after)
