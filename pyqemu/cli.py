@@ -54,6 +54,11 @@ def cmd_test(args: argparse.Namespace) -> int:
     return testrunner.main(args)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import check
+    return check.main(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
     return bench_main(args)
@@ -96,6 +101,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("pytest_args", nargs=argparse.REMAINDER,
                    help="extra arguments for pytest (after --)")
     p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("check", help="fault scenarios and stream fuzzing")
+    p.add_argument("what", choices=("faults", "fuzz"))
+    p.add_argument("--inputs", type=int, default=10_000,
+                   help="fuzz: how many mutated streams to try")
+    p.add_argument("--seed", type=int, default=1, help="fuzz: random seed")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("bench", help="benchmarks (measure, never assert)")
     p.add_argument("what", choices=("migrate", "hbitmap"))
