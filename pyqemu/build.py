@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import deps
 from .log import info
-from .paths import FLAVOURS, REPO, Layout
+from .paths import FLAVOURS, REPO, SANITIZED, Layout
 
 
 class BuildError(RuntimeError):
@@ -91,7 +91,7 @@ def build(flavours: tuple[str, ...] = FLAVOURS,
     deps.ensure(deps.BUILD + deps.FIRMWARE)
     layout = layout_for(qemu_src)
     results = []
-    for flavour in [f for f in FLAVOURS if f in flavours]:
+    for flavour in [f for f in FLAVOURS + (SANITIZED,) if f in flavours]:
         start = time.monotonic()
         builddir = _setup(layout, flavour, qemu_src)
         info(f"building {flavour} QEMU and shim ({builddir})")

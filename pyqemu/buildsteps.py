@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from . import series, source
-from .paths import Layout
+from .paths import SANITIZED, Layout
 
 #: The only configure flags; both flavours use exactly these.
 CONFIGURE_FLAGS = (
@@ -78,7 +78,7 @@ def step_source(layout: Layout, flavour: str, qemu_src: Path | None,
                 stamp: Path) -> None:
     stock, origin = source.prepare_stock(layout, qemu_src)
     tree = stock
-    if flavour == "patched":
+    if flavour in ("patched", SANITIZED):
         tree = series.prepare_patched(layout, stock)
     head = source.git(tree, "rev-parse", "HEAD").stdout.strip()
     update_stamp(stamp, f"/* {origin.describe()} */\n"
@@ -86,7 +86,14 @@ def step_source(layout: Layout, flavour: str, qemu_src: Path | None,
 
 
 def configure_args(layout: Layout, flavour: str) -> list[str]:
-    return [*CONFIGURE_FLAGS, "--cc=ccache gcc", f"--python={sys.executable}"]
+    extra = ["--enable-asan", "--enable-ubsan"] if flavour == SANITIZED else []
+    return [*CONFIGURE_FLAGS, *extra, "--cc=ccache gcc",
+            f"--python={sys.executable}"]
+
+
+def ninja_targets(flavour: str) -> tuple[str, ...]:
+    """The sanitized build only needs the system emulator (for fuzzing)."""
+    return ("qemu-system-x86_64",) if flavour == SANITIZED else NINJA_TARGETS
 
 
 def step_configure(layout: Layout, flavour: str, stamp: Path) -> None:
@@ -137,9 +144,9 @@ def link_firmware(build: Path) -> None:
         link.symlink_to(d)
 
 
-def _fingerprint(build: Path) -> str:
+def _fingerprint(build: Path, targets: tuple[str, ...]) -> str:
     parts = []
-    for target in NINJA_TARGETS:
+    for target in targets:
         p = build / target
         st = p.stat()
         parts.append(f"{target} {st.st_mtime_ns} {st.st_size}")
@@ -148,19 +155,21 @@ def _fingerprint(build: Path) -> str:
 
 def step_ninja(layout: Layout, flavour: str, stamp: Path) -> None:
     build = layout.qemu_build(flavour)
-    res = subprocess.run(["ninja", "-C", str(build), *NINJA_TARGETS],
+    targets = ninja_targets(flavour)
+    res = subprocess.run(["ninja", "-C", str(build), *targets],
                          env=ccache_env(layout), check=False)
     if res.returncode != 0:
         raise SystemExit(f"pyqemu: building {flavour} QEMU failed "
                          f"(ninja output above, build dir {build})")
     link_firmware(build)
-    update_stamp(stamp, _fingerprint(build))
+    update_stamp(stamp, _fingerprint(build, targets))
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="pyqemu.buildsteps")
     ap.add_argument("step", choices=("source", "configure", "ninja"))
-    ap.add_argument("--flavour", required=True, choices=("stock", "patched"))
+    ap.add_argument("--flavour", required=True,
+                    choices=("stock", "patched", SANITIZED))
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--tag", required=True)
     ap.add_argument("--qemu-src", default="")

@@ -16,11 +16,9 @@ from .log import info
 
 
 def _flavours(args: argparse.Namespace) -> tuple[str, ...]:
-    if args.stock and not args.patched:
-        return ("stock",)
-    if args.patched and not args.stock:
-        return ("patched",)
-    return ("stock", "patched")
+    chosen = tuple(f for f in ("stock", "patched", "asan")
+                   if getattr(args, f))
+    return chosen or ("stock", "patched")
 
 
 def _select_source(args: argparse.Namespace) -> None:
@@ -80,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stock", action="store_true", help="only the stock tree")
     p.add_argument("--patched", action="store_true",
                    help="only the patched tree")
+    p.add_argument("--asan", action="store_true",
+                   help="the patched tree with ASan and UBSan (for fuzzing)")
     p.add_argument("--all", action="store_true", help="both (the default)")
     src_opt(p)
     p.set_defaults(func=cmd_build)

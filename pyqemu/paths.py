@@ -17,6 +17,10 @@ from pathlib import Path
 #: source differs (stock = pristine tree, patched = tree + patches/).
 FLAVOURS = ("stock", "patched")
 
+#: Built on demand: the patched source with AddressSanitizer and
+#: UndefinedBehaviorSanitizer, for the migration stream fuzzer.
+SANITIZED = "asan"
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -72,6 +76,8 @@ class Layout:
 
     def source(self, flavour: str) -> Path:
         """Git work tree holding the QEMU source of one flavour."""
+        if flavour == SANITIZED:
+            return self.flavour_root("patched") / "src"
         return self.flavour_root(flavour) / "src"
 
     def qemu_build(self, flavour: str) -> Path:

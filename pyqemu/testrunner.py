@@ -17,13 +17,14 @@ import time
 from . import build as buildmod
 from . import deps
 from .log import info
-from .paths import REPO, Layout
+from .paths import REPO, SANITIZED, Layout
 
 
 def main(args: argparse.Namespace) -> int:
     deps.ensure(deps.BUILD + deps.FIRMWARE + deps.TEST)
     start = time.monotonic()
-    buildmod.build(qemu_src=args.qemu_src)
+    # stock and patched for everything, the sanitized tree for the fuzzer
+    buildmod.build(("stock", "patched", SANITIZED), qemu_src=args.qemu_src)
     info(f"build step took {time.monotonic() - start:.1f}s; running pytest")
     extra = list(args.pytest_args)
     if extra and extra[0] == "--":
