@@ -57,6 +57,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return check.main(args)
 
 
+def cmd_series(args: argparse.Namespace) -> int:
+    if args.what == "check":
+        from . import seriescheck
+        return seriescheck.main(args.quick)
+    from . import coverletter
+    buildmod.build()
+    print(coverletter.write(reuse=args.reuse))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
     return bench_main(args)
@@ -108,6 +118,16 @@ def parser() -> argparse.ArgumentParser:
                    help="fuzz: how many mutated streams to try")
     p.add_argument("--seed", type=int, default=1, help="fuzz: random seed")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("series", help="check the patch series, or write its "
+                                      "cover letter")
+    p.add_argument("what", choices=("check", "cover-letter"))
+    p.add_argument("--quick", action="store_true",
+                   help="check: checkpatch, metadata and apply only")
+    p.add_argument("--reuse", action="store_true",
+                   help="cover-letter: use the last benchmark results "
+                        "instead of measuring again")
+    p.set_defaults(func=cmd_series)
 
     p = sub.add_parser("bench", help="benchmarks (measure, never assert)")
     p.add_argument("what", choices=("migrate", "hbitmap"))

@@ -63,21 +63,26 @@ def _failure_reason(output: str) -> str:
 
 
 def apply_series(tree: Path, series: list[Patch]) -> list[str]:
-    """``git am`` each patch in turn; raise SeriesError naming the failure.
+    """``git am`` each patch in turn; raise SeriesError naming failures.
 
     Patches are applied one at a time so that the error names the file and
-    subject of the first patch that fails, with git's reason.
+    subject of every patch that fails, with git's reason.  After a failure
+    the next patches are still tried (a rebase aid: against a newer QEMU,
+    this lists everything that needs work, not just the first patch),
+    though a patch that depends on a failed one will fail as well.
     """
-    applied = []
+    applied, failures = [], []
     for i, patch in enumerate(series, 1):
         res = git(tree, "am", "-q", "--keep-cr", str(patch.path), check=False)
         if res.returncode != 0:
             reason = _failure_reason(res.stdout + res.stderr)
             git(tree, "am", "--abort", check=False)
-            raise SeriesError(
-                f"patch {i}/{len(series)} {patch.path.name} "
-                f"(\"{patch.subject}\") does not apply: {reason}")
+            failures.append(f"patch {i}/{len(series)} {patch.path.name} "
+                            f"(\"{patch.subject}\") does not apply: {reason}")
+            continue
         applied.append(patch.path.name)
+    if failures:
+        raise SeriesError("\n".join(failures))
     return applied
 
 

@@ -16,6 +16,7 @@ size, and how much of it fell into the downtime.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -38,6 +39,12 @@ PATCHED_TIMEOUT = 120.0
 #: larger disks get every n-th chunk.  So the bitmaps are not mostly zero
 #: chunks, which would cost almost nothing on the wire.
 MAX_WRITES = 16384
+
+#: Limits generous enough that stock converges too, so that its downtime
+#: can be set against the bitmap size: everything it sends (and the
+#: destination finishes) lands in the downtime.
+GENEROUS = {"max-bandwidth": 1 << 30, "avail-switchover-bandwidth": 1 << 30,
+            "downtime-limit": 20_000}
 
 CAPS = {
     "stock": {"dirty-bitmaps": True},
@@ -77,11 +84,12 @@ def dirty(pair: Pair, size: int) -> None:
 
 
 def run_case(flavour: str, size: int, count: int, workdir: Path,
-             baseline: bool = False) -> migration.MigrationResult:
+             baseline: bool = False,
+             params: dict | None = None) -> migration.MigrationResult:
     bitmaps = () if baseline else tuple(
         Bitmap(f"bm{i}", GRANULARITY) for i in range(count))
     disks = [Disk("disk0", size, bitmaps=bitmaps)]
-    d = workdir / f"{flavour}-{size}-{count}-{int(baseline)}"
+    d = workdir / f"{flavour}-{size}-{count}-{int(baseline)}-{int(bool(params))}"
     d.mkdir()
     with Pair(disks, d, flavour, flavour) as pair:
         pair.src.add_bitmaps()
@@ -89,7 +97,7 @@ def run_case(flavour: str, size: int, count: int, workdir: Path,
         before = pair.src.all_sha256()
         timeout = STOCK_TIMEOUT if flavour == "stock" else PATCHED_TIMEOUT
         res = migration.run(pair.src, pair.dst, pair.uri, CAPS[flavour],
-                            PARAMS, timeout)
+                            params or PARAMS, timeout)
         if res.converged:
             migration.wait_destination_running(pair.dst)
             res.info["_equal"] = pair.dst.all_sha256() == before
@@ -120,6 +128,46 @@ def sweep(sizes: list[int], counts: list[int]) -> list[Case]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return cases
+
+
+@dataclass
+class DowntimePoint:
+    flavour: str
+    size: int
+    bitmaps: int
+    bitmap_bytes: int
+    converged: bool
+    downtime_ms: int | None
+
+
+def downtime_sweep(sizes: list[int], count: int) -> list[DowntimePoint]:
+    """Downtime against total bitmap size, with limits both builds meet."""
+    workdir = Path(tempfile.mkdtemp(prefix="pq-bench-", dir="/tmp"))
+    points = []
+    try:
+        for size in sizes:
+            for flavour in ("stock", "patched"):
+                info(f"bench: generous limits, {flavour}, {fmt_size(size)}, "
+                     f"{count} bitmaps")
+                res = run_case(flavour, size, count, workdir, params=GENEROUS)
+                points.append(DowntimePoint(
+                    flavour, size, count, serialized_size(size, count),
+                    res.converged, res.downtime_ms))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return points
+
+
+def downtime_table(points: list[DowntimePoint]) -> str:
+    by = {(p.flavour, p.size): p for p in points}
+    rows = []
+    for size in sorted({p.size for p in points}):
+        s, pt = by[("stock", size)], by[("patched", size)]
+        rows.append((fmt_size(size), fmt_bytes(s.bitmap_bytes),
+                     f"{s.downtime_ms} ms" if s.converged else "no",
+                     f"{pt.downtime_ms} ms" if pt.converged else "no"))
+    return markdown_table(("disk", "bitmaps (serialized)", "stock downtime",
+                           "patched downtime"), rows)
 
 
 def verdict(c: Case) -> str:
@@ -161,42 +209,45 @@ def table(cases: list[Case]) -> str:
          "sent in downtime", "targets"), rows)
 
 
-def plot(cases: list[Case], path: Path) -> None:
+def plot(cases: list[Case], points: list[DowntimePoint], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    limit = PARAMS["downtime-limit"]
+    ax = axes[0]
     for count, style in ((1, "o"), (8, "s")):
         for flavour, colour in (("stock", "tab:red"), ("patched", "tab:blue")):
             sel = [c for c in cases if c.flavour == flavour and
                    c.bitmaps == count]
-            if not sel:
-                continue
-            xs = [c.size / TiB for c in sel]
-            ys = [c.downtime_ms if c.converged else PARAMS["downtime-limit"] * 4
-                  for c in sel]
-            axes[0].plot(xs, ys, style + "-", color=colour,
-                         label=f"{flavour}, {count} bitmap(s)")
-            for c, x, y in zip(sel, xs, ys):
-                if not c.converged:
-                    axes[0].annotate("no convergence", (x, y), fontsize=7,
-                                     color=colour)
-            axes[1].plot(xs, [c.serialized / MiB for c in sel], style + ":",
-                         color="grey")
-            if flavour == "patched":
-                axes[1].plot(xs, [(c.wire or 0) / MiB for c in sel],
-                             style + "-", color=colour,
-                             label=f"sent, {count} bitmap(s)")
-    axes[0].axhline(PARAMS["downtime-limit"], color="black", lw=0.8, ls="--",
-                    label="downtime limit")
-    axes[0].set(xscale="log", yscale="log", xlabel="disk size (TiB)",
-                ylabel="downtime (ms)", title="downtime")
-    axes[1].set(xscale="log", yscale="symlog", xlabel="disk size (TiB)",
-                ylabel="MiB", title="bitmap bytes sent (patched) vs "
-                                    "serialized (dotted)")
-    axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=7)
+            ok = [c for c in sel if c.converged]
+            ax.plot([c.size / TiB for c in ok], [c.downtime_ms for c in ok],
+                    style + "-", color=colour,
+                    label=f"{flavour}, {count} bitmap(s)")
+            stuck = [c for c in sel if not c.converged]
+            # non-converging cases in a band above the limit
+            ax.plot([c.size / TiB for c in stuck],
+                    [limit * (3 if count == 1 else 6)] * len(stuck), style,
+                    color=colour, fillstyle="none")
+    ax.axhline(limit, color="black", lw=0.8, ls="--", label="downtime limit")
+    ax.text(0.02, 0.97, "hollow markers above the limit: never converged",
+            transform=ax.transAxes, fontsize=7, va="top")
+    ax.set(xscale="log", yscale="log", xlabel="disk size (TiB)",
+           ylabel="downtime (ms)",
+           title=f"{PARAMS['max-bandwidth'] >> 20} MiB/s, limit {limit} ms")
+    ax.legend(fontsize=7, loc="center right")
+
+    ax = axes[1]
+    for flavour, colour in (("stock", "tab:red"), ("patched", "tab:blue")):
+        sel = [p for p in points if p.flavour == flavour and p.converged]
+        ax.plot([p.bitmap_bytes / MiB for p in sel],
+                [max(p.downtime_ms or 0, 0.5) for p in sel], "o-",
+                color=colour, label=flavour)
+    ax.set(xscale="log", yscale="log", xlabel="bitmaps, serialized (MiB)",
+           ylabel="downtime (ms)",
+           title="downtime vs bitmap size, limits both builds meet")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -207,13 +258,21 @@ def main(quick: bool = False) -> int:
     counts = [1] if quick else [1, 8]
     start = time.monotonic()
     cases = sweep(sizes, counts)
+    points = downtime_sweep(sizes[-3:], 8)
     md = (f"Migration of 64 KiB-granularity bitmaps with a write in every "
           f"1 KiB chunk (at most {MAX_WRITES} writes), max-bandwidth {PARAMS['max-bandwidth'] // MiB} MiB/s,"
           f" downtime-limit {PARAMS['downtime-limit']} ms; stock uses "
           f"dirty-bitmaps (given up after {STOCK_TIMEOUT:.0f} s), patched adds"
-          f" dirty-bitmaps-live.\n\n" + table(cases))
+          f" dirty-bitmaps-live.\n\n" + table(cases) +
+          "\n\nDowntime against bitmap size, 8 bitmaps, with limits stock "
+          "meets too (1 GiB/s, avail-switchover-bandwidth 1 GiB/s, "
+          "downtime-limit 20 s): stock sends every bitmap, and the "
+          "destination finishes it, inside the downtime.\n\n" +
+          downtime_table(points))
     d = save("migrate", md, [asdict(c) for c in cases])
-    plot(cases, d / "migrate.png")
+    (d / "downtime.json").write_text(json.dumps([asdict(p) for p in points],
+                                                indent=1))
+    plot(cases, points, d / "migrate.png")
     print(md)
     print(f"\n(written to {d}/results.md, results.json, migrate.png; "
           f"{time.monotonic() - start:.0f} s)")
