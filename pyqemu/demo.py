@@ -106,8 +106,9 @@ def report(runs: list[Run]) -> None:
         f"{sum(r.after.get(k) == v for k, v in r.before.items())}"
         f"/{len(r.before)}") if r.after else "-")
     widths = [max(len(str(x[i])) for x in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    for cells in rows:
+        print("  ".join(str(c).ljust(w)
+                        for c, w in zip(cells, widths, strict=True)).rstrip())
 
     for r in runs:
         if not r.after:

@@ -21,7 +21,7 @@ import os
 from ctypes import (POINTER, c_bool, c_char_p, c_int, c_int64, c_uint64,
                     c_void_p)
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeAlias
 
 from .paths import FLAVOURS, Layout
 
@@ -38,6 +38,8 @@ class HBitmapIterStruct(ctypes.Structure):
 
 HBitmapPtr = POINTER(HBitmapStruct)
 HBitmapIterPtr = POINTER(HBitmapIterStruct)
+#: The type of an HBitmap handle, for annotations.
+HBitmapHandle: TypeAlias = "ctypes._Pointer[HBitmapStruct]"
 c_uint8_p = POINTER(ctypes.c_uint8)
 c_int64_p = POINTER(c_int64)
 

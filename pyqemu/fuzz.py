@@ -258,7 +258,7 @@ def _disks(bitmaps: dict[str, tuple[Bitmap, ...]]) -> list[Disk]:
 
 def capture_seeds(workdir: Path) -> list[Path]:
     """Real streams from the patched QEMU, written with migrate to a file."""
-    cases = {
+    cases: dict[str, tuple[bool, dict[str, tuple[Bitmap, ...]]]] = {
         "live-one-node": (True, {"disk0": (Bitmap("b0", 65536),
                                             Bitmap("b1", 4096,
                                                    disabled=True))}),

@@ -31,7 +31,7 @@ class HBitmap:
 
     def __init__(self, size: int, granularity: int = 0,
                  flavour: str = "patched") -> None:
-        self._ptr: ffi.HBitmapPtr | None = None
+        self._ptr: ffi.HBitmapHandle | None = None
         if not 0 <= size <= INT64_MAX:
             raise ValueError(f"size {size} out of range 0..INT64_MAX")
         if not 0 <= granularity < 64:
@@ -67,7 +67,7 @@ class HBitmap:
             pass
 
     @property
-    def ptr(self) -> ffi.HBitmapPtr:
+    def ptr(self) -> ffi.HBitmapHandle:
         if not self._ptr:
             raise ValueError("HBitmap is closed")
         return self._ptr
@@ -325,7 +325,7 @@ class MetaBitmap(HBitmap):
     and frees it through hbitmap_free_meta().
     """
 
-    def __init__(self, owner: HBitmap, ptr: ffi.HBitmapPtr) -> None:
+    def __init__(self, owner: HBitmap, ptr: ffi.HBitmapHandle) -> None:
         # No allocation: the C object belongs to owner's HBitmap.
         self._lib = owner._lib
         self._size = owner.size

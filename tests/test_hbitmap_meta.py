@@ -86,7 +86,7 @@ def test_meta_marks_every_changed_chunk(gran, chunk_log, ops):
 def test_meta_on_stock_build_is_a_clear_error():
     lib = ffi.library("stock")
     with pytest.raises(ffi.MissingSymbolError, match="hbitmap_create_meta"):
-        lib.hbitmap_create_meta
+        _ = lib.hbitmap_create_meta
 
 
 def test_meta_bitmap_is_owned_by_its_bitmap():

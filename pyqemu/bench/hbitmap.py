@@ -69,8 +69,12 @@ def meta_overhead() -> tuple[str, list[dict]]:
         ratio = meta / plain - 1 if meta and plain else None
         data.append({"pattern": pattern, "stock": stock, "patched": plain,
                      "patched_meta": meta, "meta_overhead": ratio})
-        rows.append((f"{pattern} ({what})", f"{stock:.1f}", f"{plain:.1f}",
-                     f"{meta:.1f}", f"{ratio * 100:+.1f} %"))
+
+        def num(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.1f}"
+
+        rows.append((f"{pattern} ({what})", num(stock), num(plain), num(meta),
+                     "n/a" if ratio is None else f"{ratio * 100:+.1f} %"))
     md = markdown_table(("hbitmap_set pattern", "stock instr/call",
                          "patched instr/call", "patched + meta instr/call",
                          "meta overhead"), rows)

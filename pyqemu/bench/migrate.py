@@ -175,7 +175,7 @@ def verdict(c: Case) -> str:
     if c.flavour != "patched":
         return ""
     problems = []
-    if not c.converged:
+    if not c.converged or c.downtime_ms is None:
         problems.append("did not converge")
     else:
         limit = PARAMS["downtime-limit"]
@@ -240,9 +240,9 @@ def plot(cases: list[Case], points: list[DowntimePoint], path: Path) -> None:
 
     ax = axes[1]
     for flavour, colour in (("stock", "tab:red"), ("patched", "tab:blue")):
-        sel = [p for p in points if p.flavour == flavour and p.converged]
-        ax.plot([p.bitmap_bytes / MiB for p in sel],
-                [max(p.downtime_ms or 0, 0.5) for p in sel], "o-",
+        done = [p for p in points if p.flavour == flavour and p.converged]
+        ax.plot([p.bitmap_bytes / MiB for p in done],
+                [max(p.downtime_ms or 0, 0.5) for p in done], "o-",
                 color=colour, label=flavour)
     ax.set(xscale="log", yscale="log", xlabel="bitmaps, serialized (MiB)",
            ylabel="downtime (ms)",
@@ -260,7 +260,8 @@ def main(quick: bool = False) -> int:
     cases = sweep(sizes, counts)
     points = downtime_sweep(sizes[-3:], 8)
     md = (f"Migration of 64 KiB-granularity bitmaps with a write in every "
-          f"1 KiB chunk (at most {MAX_WRITES} writes), max-bandwidth {PARAMS['max-bandwidth'] // MiB} MiB/s,"
+          f"1 KiB chunk (at most {MAX_WRITES} writes), max-bandwidth "
+          f"{PARAMS['max-bandwidth'] // MiB} MiB/s,"
           f" downtime-limit {PARAMS['downtime-limit']} ms; stock uses "
           f"dirty-bitmaps (given up after {STOCK_TIMEOUT:.0f} s), patched adds"
           f" dirty-bitmaps-live.\n\n" + table(cases) +
