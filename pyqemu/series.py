@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from .log import info
 from .paths import REPO, Layout
-from .source import clear_stamp, git, read_stamp, write_stamp
+from .source import clear_stamp, git, read_stamp, sync_clone, write_stamp
 
 PATCH_DIR = REPO / "patches"
 #: The commit the series applies to, in both trees (see pyqemu.source).
@@ -95,17 +93,8 @@ def prepare_patched(layout: Layout, stock: Path,
     want = {"base": base, "series": series_hash(series)}
     if read_stamp(tree) == want:
         return tree
-    if not (tree / ".git").is_dir():
-        shutil.rmtree(tree, ignore_errors=True)
-        tree.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout",
-                        str(stock), str(tree)], check=True)
-    else:
-        clear_stamp(tree)
-        git(tree, "am", "--abort", check=False)
-        git(tree, "fetch", "-q", str(stock), BASE_TAG)
-    git(tree, "checkout", "-q", "-f", "-B", "pyqemu-series", base)
-    git(tree, "clean", "-q", "-f", "-d")
+    clear_stamp(tree)
+    sync_clone(stock, tree, BASE_TAG, "pyqemu-series")
     info(f"applying {len(series)} patches to {tree}")
     apply_series(tree, series)
     write_stamp(tree, want)

@@ -12,7 +12,6 @@ is what CI runs on every submission.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -76,16 +75,7 @@ def _check_tree(layout: Layout, stock: Path) -> tuple[Path, Path]:
     configured like every other flavour (so ccache serves it)."""
     tree = layout.flavour_root("series-check") / "src"
     build = layout.flavour_root("series-check") / "qemu"
-    if not (tree / ".git").is_dir():
-        shutil.rmtree(tree, ignore_errors=True)
-        tree.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout",
-                        str(stock), str(tree)], check=True)
-    source.git(tree, "fetch", "-q", str(stock), series.BASE_TAG)
-    source.git(tree, "am", "--abort", check=False)
-    source.git(tree, "checkout", "-q", "-f", "-B", "series-check",
-               "FETCH_HEAD")
-    source.git(tree, "clean", "-q", "-f", "-d")
+    source.sync_clone(stock, tree, series.BASE_TAG, "series-check")
     return tree, build
 
 

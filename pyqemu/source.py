@@ -176,6 +176,32 @@ def write_stamp(tree: Path, stamp: dict) -> None:
     (tree / ".git" / "pyqemu-stamp.json").write_text(json.dumps(stamp, indent=1))
 
 
+def sync_clone(origin: Path, tree: Path, ref: str, branch: str) -> None:
+    """Make *tree* a shared clone of *origin*, checked out on *branch* at
+    *ref* of *origin*: created if missing, else updated in place (so that
+    unchanged files keep their mtimes), with no am session or untracked
+    file left over.  *origin* itself is only read."""
+    if not (tree / ".git").is_dir():
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout",
+                        str(origin), str(tree)], check=True)
+    else:
+        git(tree, "am", "--abort", check=False)
+    git(tree, "fetch", "-q", str(origin), ref)
+    git(tree, "checkout", "-q", "-f", "-B", branch, "FETCH_HEAD")
+    git(tree, "clean", "-q", "-f", "-d")
+
+
+def _finish_base(tree: Path, stamp: dict) -> Path:
+    """Fix up stripped firmware if needed, tag the base, record the stamp."""
+    if needs_firmware_fixup(tree):
+        apply_firmware_fixup(tree)
+    git(tree, "tag", "-f", "pyqemu-base")
+    write_stamp(tree, stamp)
+    return tree
+
+
 def base_tree_from_tarball(layout: Layout, tarball: Tarball) -> Path:
     """The stock tree: pristine tarball commit plus the firmware fixup."""
     tree = layout.source("stock")
@@ -188,11 +214,7 @@ def base_tree_from_tarball(layout: Layout, tarball: Tarball) -> Path:
     git(tree, "add", "-A", "-f")
     git(tree, "commit", "-q", "-m",
         f"QEMU {tarball.version} (Debian orig tarball)\n\nsha256 {tarball.sha256}")
-    if needs_firmware_fixup(tree):
-        apply_firmware_fixup(tree)
-    git(tree, "tag", "-f", "pyqemu-base")
-    write_stamp(tree, want)
-    return tree
+    return _finish_base(tree, want)
 
 
 def base_tree_from_git(layout: Layout, checkout: Path) -> Path:
@@ -211,20 +233,9 @@ def base_tree_from_git(layout: Layout, checkout: Path) -> Path:
     want = {"git": head, "fixup": FIXUP_SUBJECT}
     if read_stamp(tree) == want:
         return tree
-    if not (tree / ".git").is_dir():
-        shutil.rmtree(tree, ignore_errors=True)
-        tree.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout",
-                        str(checkout), str(tree)], check=True)
-    else:
-        clear_stamp(tree)
-        git(tree, "fetch", "-q", str(checkout), head)
-    git(tree, "checkout", "-q", "-f", "-B", "pyqemu", head)
-    if needs_firmware_fixup(tree):
-        apply_firmware_fixup(tree)
-    git(tree, "tag", "-f", "pyqemu-base")
-    write_stamp(tree, want)
-    return tree
+    clear_stamp(tree)
+    sync_clone(checkout, tree, head, "pyqemu")
+    return _finish_base(tree, want)
 
 
 def record_origin(layout: Layout, origin: Origin) -> None:
