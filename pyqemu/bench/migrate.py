@@ -231,8 +231,8 @@ def plot(cases: list[Case], points: list[DowntimePoint], path: Path) -> None:
                     [limit * (3 if count == 1 else 6)] * len(stuck), style,
                     color=colour, fillstyle="none")
     ax.axhline(limit, color="black", lw=0.8, ls="--", label="downtime limit")
-    ax.text(0.02, 0.97, "hollow markers above the limit: never converged",
-            transform=ax.transAxes, fontsize=7, va="top")
+    ax.text(0.02, 0.62, "hollow markers above the limit: never converged",
+            transform=ax.transAxes, fontsize=7, va="center")
     ax.set(xscale="log", yscale="log", xlabel="disk size (TiB)",
            ylabel="downtime (ms)",
            title=f"{PARAMS['max-bandwidth'] >> 20} MiB/s, limit {limit} ms")
