@@ -135,7 +135,7 @@ def blurb(table: str, cases: list[dict], overhead: float,
         exercised with a guest writing through IDE during migration,
         migrations between network namespaces broken by cancel, a killed
         destination and a cut link, and {fuzzing}."""
-    out = []
+    out: list[str] = []
     for p in paragraphs:
         bullet = p.lstrip().startswith("- ")
         if out and not (bullet and out[-1].lstrip().startswith(("- ",
