@@ -128,29 +128,30 @@ static void op_finish(HBitmap *hb, uint8_t *buf, uint64_t size, uint64_t chunk)
     finish_seconds = now() - start;
 }
 
-/* The same chunked copies without finishing: what finishing adds to */
-static void op_chunked_nofinish(HBitmap *hb, uint8_t *buf, uint64_t size,
-                                uint64_t chunk)
+/* Deserialize chunk by chunk, as a migration destination receives it */
+static void deserialize_chunks(HBitmap *hb, uint8_t *buf, uint64_t size,
+                               uint64_t chunk, bool finish)
 {
     uint64_t off;
 
     for (off = 0; off < size; off += chunk) {
         uint64_t count = MIN(chunk, size - off);
 
-        hbitmap_deserialize_part(hb, buf + off / 8, off, count, false);
+        hbitmap_deserialize_part(hb, buf + off / 8, off, count, finish);
     }
+}
+
+/* The same chunked copies without finishing: what finishing adds to */
+static void op_chunked_nofinish(HBitmap *hb, uint8_t *buf, uint64_t size,
+                                uint64_t chunk)
+{
+    deserialize_chunks(hb, buf, size, chunk, false);
 }
 
 static void op_chunked(HBitmap *hb, uint8_t *buf, uint64_t size,
                        uint64_t chunk)
 {
-    uint64_t off;
-
-    for (off = 0; off < size; off += chunk) {
-        uint64_t count = MIN(chunk, size - off);
-
-        hbitmap_deserialize_part(hb, buf + off / 8, off, count, true);
-    }
+    deserialize_chunks(hb, buf, size, chunk, true);
     hbitmap_deserialize_finish(hb);
 }
 

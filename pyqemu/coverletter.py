@@ -160,9 +160,13 @@ def write(reuse: bool = False) -> Path:
                         "--zero-commit", "--cover-letter", "-o", tmp,
                         f"{base}..HEAD"], check=True)
         letter = Path(tmp, "0000-cover-letter.patch").read_text()
+    author = subprocess.run(["git", "-C", str(tree), "log", "-1",
+                             "--format=%an <%ae>"], capture_output=True,
+                            text=True, check=True).stdout.strip()
     text = letter.replace("*** SUBJECT HERE ***", TITLE)
     text = text.replace("*** BLURB HERE ***",
-                        blurb(table, cases, overhead, _fuzzing()).strip())
+                        blurb(table, cases, overhead, _fuzzing()).strip() +
+                        f"\n\nSigned-off-by: {author}")
     out = series.PATCH_DIR / "0000-cover-letter.patch"
     out.write_text(text)
     return out

@@ -196,16 +196,23 @@ def test_mixed_stock_and_patched_pairs_migrate_correctly(
         assert p.dst.all_sha256() == before
 
 
+def start_in_bulk_phase(p: Pair, bandwidth: int) -> dict:
+    """Dirty 1 TiB bitmaps, start a slow live migration, wait until bitmap
+    data flows; returns the source's sha256s from before."""
+    p.src.add_bitmaps()
+    spread_writes(p.src, "disk0", TiB)
+    before = p.src.all_sha256()
+    migration.start(p.src, p.dst, p.uri, LIVE, {"max-bandwidth": bandwidth})
+    wait_stats(p.src, "transferred", 2 * KiB)
+    return before
+
+
 def test_postcopy_with_live_bitmaps(workdir):
     """Switching to postcopy after a live bulk phase still delivers every
     bitmap exactly as it was at the switch."""
     disks = [Disk("disk0", TiB, bitmaps=BITMAPS)]
     with Pair(disks, workdir) as p:
-        p.src.add_bitmaps()
-        spread_writes(p.src, "disk0", TiB)
-        before = p.src.all_sha256()
-        migration.start(p.src, p.dst, p.uri, LIVE, {"max-bandwidth": 128 * KiB})
-        wait_stats(p.src, "transferred", 2 * KiB)
+        before = start_in_bulk_phase(p, 128 * KiB)
         p.src.cmd("migrate-start-postcopy")
         migration.wait(p.src, ("completed",), 60)
         migration.wait_destination_running(p.dst)
@@ -219,11 +226,7 @@ def test_postcopy_with_live_bitmaps(workdir):
 def test_cancelled_live_migration_leaves_source_bitmaps_intact(workdir):
     disks = [Disk("disk0", TiB, bitmaps=BITMAPS)]
     with Pair(disks, workdir) as p:
-        p.src.add_bitmaps()
-        spread_writes(p.src, "disk0", TiB)
-        before = p.src.all_sha256()
-        migration.start(p.src, p.dst, p.uri, LIVE, {"max-bandwidth": 64 * KiB})
-        wait_stats(p.src, "transferred", 2 * KiB)
+        before = start_in_bulk_phase(p, 64 * KiB)
         p.src.cmd("migrate_cancel")
         migration.wait(p.src, ("cancelled",), 30)
         assert p.src.all_sha256() == before
