@@ -85,7 +85,7 @@ def step_source(layout: Layout, flavour: str, qemu_src: Path | None,
                         f"#define PYQEMU_QEMU_TREE_HEAD \"{head}\"\n")
 
 
-def configure_args(layout: Layout, flavour: str) -> list[str]:
+def configure_args(flavour: str) -> list[str]:
     extra = ["--enable-asan", "--enable-ubsan"] if flavour == SANITIZED else []
     return [*CONFIGURE_FLAGS, *extra, "--cc=ccache gcc",
             f"--python={sys.executable}"]
@@ -99,7 +99,7 @@ def ninja_targets(flavour: str) -> tuple[str, ...]:
 def step_configure(layout: Layout, flavour: str, stamp: Path) -> None:
     tree = layout.source(flavour)
     build = layout.qemu_build(flavour)
-    args = configure_args(layout, flavour)
+    args = configure_args(flavour)
     record = build / "pyqemu-configure.json"
     want = {"source": str(tree), "args": args}
     try:

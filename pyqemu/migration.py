@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .vm import VM
@@ -30,7 +30,6 @@ class MigrationResult:
     info: dict                       # the last query-migrate on the source
     bitmaps_info: dict | None = None  # query-migrate's bitmap statistics
     error: str | None = None
-    progress: list[dict] = field(default_factory=list)
 
     @property
     def converged(self) -> bool:

@@ -84,7 +84,7 @@ def _configure(layout: Layout, tree: Path, build: Path) -> None:
         return
     build.mkdir(parents=True, exist_ok=True)
     res = subprocess.run([str(tree / "configure"),
-                          *buildsteps.configure_args(layout, "patched")],
+                          *buildsteps.configure_args("patched")],
                          cwd=build, env=buildsteps.ccache_env(layout),
                          capture_output=True, text=True, check=False)
     if res.returncode != 0:
