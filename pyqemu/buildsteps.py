@@ -31,6 +31,11 @@ from .paths import SANITIZED, Layout
 CONFIGURE_FLAGS = (
     "--target-list=x86_64-softmmu",
     "--without-default-features",
+    # Only the devices this project runs (pyqemu/qemu-devices.mak, put in
+    # the tree by the source step): about half of a default build is
+    # devices nobody here uses.
+    "--without-default-devices",
+    "--with-devices-x86_64=pyqemu",
     "--enable-tools",
     "--disable-docs",
     # Debian's tarball has no firmware blobs to install.

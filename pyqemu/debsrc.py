@@ -1,7 +1,7 @@
 """Download QEMU's orig tarball from Debian with ``apt-get source``.
 
 ``apt-get source`` needs a ``deb-src`` entry for the suite that carries the
-QEMU we pin (trixie: 10.0.x), but a Debian 12 machine only has ``deb``
+QEMU we pin (10.2.x, in sid and trixie-backports), but a Debian 12 machine only has ``deb``
 entries for bookworm.  The archive's address must not be written into this
 repository, so the entry is *derived at run time* from the machine's own
 apt sources: the mirror that serves the machine's own release is asked for
@@ -177,26 +177,32 @@ class PrivateApt:
                              check=False)
         return res.stdout if res.returncode == 0 else ""
 
-    def offer(self) -> Offer:
-        """Newest version of the package in the suite, with its orig sha256."""
-        best: Offer | None = None
+    def offers(self) -> list[Offer]:
+        """Every version of the package the index lists, with its orig."""
+        found: list[Offer] = []
         for stanza in self._showsrc().split("\n\n"):
             m = re.search(r"^Version: (\S+)$", stanza, re.M)
-            if not m:
-                continue
-            version = m.group(1)
             sums = re.search(r"^Checksums-Sha256:\n((?: .*\n?)+)", stanza, re.M)
-            if not sums:
+            if not m or not sums:
                 continue
             for row in sums.group(1).splitlines():
                 sha, _size, name = row.split()
-                if name.endswith(".orig.tar.xz") or name.endswith(".orig.tar.gz"):
-                    cand = Offer(version, name, sha)
-                    if best is None or _vercmp(cand.version, best.version) > 0:
-                        best = cand
-        if best is None:
-            raise SourceError(f"the {self.suite} index has no {self.package}")
-        return best
+                if name.endswith((".orig.tar.xz", ".orig.tar.gz")):
+                    found.append(Offer(m.group(1), name, sha))
+        return found
+
+    def offer(self, version: str) -> Offer:
+        """The index entry of exactly *version* (SourceError if unlisted).
+
+        Never "the newest": indexes list versions whose files are gone
+        from the archive, and the series is tested against one version.
+        """
+        for o in self.offers():
+            if o.version == version:
+                return o
+        listed = ", ".join(sorted({o.version for o in self.offers()})) or "none"
+        raise SourceError(f"the {self.suite} index does not list {self.package} "
+                          f"{version} (it lists: {listed})")
 
     def download(self, dest: Path, offer: Offer) -> Path:
         """``apt-get source --download-only`` into *dest*; returns the orig."""
@@ -211,11 +217,3 @@ class PrivateApt:
             raise SourceError(f"apt-get source {self.package}={offer.version} "
                               f"failed: {res.stderr.strip()}")
         return path
-
-
-def _vercmp(a: str, b: str) -> int:
-    res = subprocess.run(["dpkg", "--compare-versions", a, "gt", b],
-                         check=False)
-    if res.returncode == 0:
-        return 1
-    return 0 if a == b else -1

@@ -15,12 +15,14 @@ from typing import Iterable
 
 from .log import info
 
-#: What building QEMU 10.0 (x86_64-softmmu + tools, no default features)
-#: and the shim library needs.
+#: What building QEMU 10.2 (x86_64-softmmu + tools, no default features)
+#: and the shim library needs.  Debian's tarball strips the prebuilt
+#: device trees of pc-bios/dtb, which QEMU's meson then insists on
+#: compiling: hence dtc (device-tree-compiler).
 BUILD = (
     "gcc", "libc6-dev", "ninja-build", "pkgconf", "libglib2.0-dev",
     "zlib1g-dev", "ccache", "flex", "bison", "git", "xz-utils", "perl",
-    "python3-venv",
+    "python3-venv", "device-tree-compiler",
 )
 
 #: Firmware for ``-machine pc``: Debian strips the blobs from QEMU's source

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import tarfile
@@ -29,6 +28,11 @@ VERSIONS_FILE = Path(__file__).with_name("qemu-versions.toml")
 GIT_ID = ["-c", "user.name=pyqemu", "-c", "user.email=pyqemu@localhost",
           "-c", "commit.gpgsign=false", "-c", "core.autocrlf=false"]
 FIXUP_SUBJECT = "pyqemu: skip the edk2 firmware unpack (blobs stripped by Debian)"
+DEVICES_FILE = Path(__file__).with_name("qemu-devices.mak")
+#: Where the device list goes in a QEMU tree (configure's
+#: --with-devices-x86_64=pyqemu reads it from there).
+DEVICES_IN_TREE = "configs/devices/x86_64-softmmu/pyqemu.mak"
+DEVICES_SUBJECT = "pyqemu: the x86_64 device list this project builds"
 
 
 class SourceError(debsrc.SourceError):
@@ -77,49 +81,39 @@ def load_versions() -> dict:
 
 
 def obtain_tarball(layout: Layout) -> Tarball:
-    """Return a verified orig tarball, downloading it only if needed.
+    """Return the pinned orig tarball, verified, downloading it only if needed.
 
-    A cached tarball whose sha256 is on the known-good list wins: it needs
-    no network and is exactly what the series was tested on.
+    The pin is the newest entry of ``qemu-versions.toml``.  A cached copy
+    with the right sha256 needs no network; otherwise the first suite
+    whose source index lists exactly that version serves it.
     """
     conf = load_versions()
-    known = {k["orig"]: k for k in conf["known"]}
-    for entry in reversed(conf["known"]):
-        cached = layout.downloads / entry["orig"]
-        if cached.exists():
-            if sha256_file(cached) == entry["sha256"]:
-                return Tarball(cached, entry["version"], entry["sha256"], True)
-            warn(f"{cached} does not match its known sha256; downloading again")
-            cached.unlink()
-
-    apt = debsrc.PrivateApt(layout.apt, conf["package"], conf["suite"])
-    apt.update()
-    offer = apt.offer()
-    upstream = re.match(r"(?:\d+:)?(\d+\.\d+)\.", offer.version)
-    if not upstream or upstream.group(1) != conf["series"]:
-        raise SourceError(
-            f"Debian {conf['suite']} now ships qemu {offer.version}, not a "
-            f"{conf['series']}.x release; the series targets {conf['series']}."
-            " Add a known-good tarball to pyqemu/qemu-versions.toml or use "
-            "--qemu-src")
-    path = apt.download(layout.downloads, offer)
-    sha = sha256_file(path)
-    entry = known.get(offer.orig_name)
-    if entry:
-        if sha != entry["sha256"]:
+    pin = conf["known"][-1]
+    cached = layout.downloads / pin["orig"]
+    if cached.exists():
+        if sha256_file(cached) == pin["sha256"]:
+            return Tarball(cached, pin["version"], pin["sha256"], True)
+        warn(f"{cached} does not match its known sha256; downloading again")
+        cached.unlink()
+    errors = []
+    for suite in conf["suites"]:
+        apt = debsrc.PrivateApt(layout.apt / suite, conf["package"], suite)
+        try:
+            apt.update()
+            offer = apt.offer(pin["version"])
+            path = apt.download(layout.downloads, offer)
+        except debsrc.SourceError as e:
+            errors.append(str(e))
+            continue
+        sha = sha256_file(path)
+        if sha != pin["sha256"]:
             path.unlink()
-            raise SourceError(f"{offer.orig_name}: sha256 {sha} does not match "
-                              f"the known-good {entry['sha256']}")
-        return Tarball(path, offer.version, sha, True)
-    if sha != offer.orig_sha256:
-        path.unlink()
-        raise SourceError(f"{offer.orig_name}: sha256 {sha} does not match the "
-                          "archive's signed index")
-    warn(f"Debian now ships qemu {offer.version}, which is not on the "
-         f"known-good list ({', '.join(k['version'] for k in conf['known'])}); "
-         "continuing because it is the same release series -- the build stops "
-         "if the patch series does not apply")
-    return Tarball(path, offer.version, sha, False)
+            raise SourceError(f"{pin['orig']}: sha256 {sha} does not match the "
+                              f"pinned {pin['sha256']}")
+        return Tarball(path, pin["version"], sha, True)
+    raise SourceError(f"no Debian suite serves qemu {pin['version']}: "
+                      + "; ".join(errors) + ". Use --qemu-src with a QEMU "
+                      f"{conf['series']} checkout instead")
 
 
 def _unpack(tarball: Path, dest: Path) -> None:
@@ -193,10 +187,26 @@ def sync_clone(origin: Path, tree: Path, ref: str, branch: str) -> None:
     git(tree, "clean", "-q", "-f", "-d")
 
 
+def add_device_config(tree: Path) -> None:
+    """Commit the project's device list into the tree (see DEVICES_FILE)."""
+    dest = tree / DEVICES_IN_TREE
+    dest.write_text(DEVICES_FILE.read_text())
+    git(tree, "add", "-f", DEVICES_IN_TREE)
+    git(tree, "commit", "-q", "-m", DEVICES_SUBJECT)
+
+
+def fixup_id() -> str:
+    """What the build fixups are, for the tree stamp: a changed device
+    list makes a new base (and so a new patched tree)."""
+    digest = hashlib.sha256(DEVICES_FILE.read_bytes()).hexdigest()[:16]
+    return f"{FIXUP_SUBJECT}; devices {digest}"
+
+
 def _finish_base(tree: Path, stamp: dict) -> Path:
-    """Fix up stripped firmware if needed, tag the base, record the stamp."""
+    """Apply the build fixups, tag the base, record the stamp."""
     if needs_firmware_fixup(tree):
         apply_firmware_fixup(tree)
+    add_device_config(tree)
     git(tree, "tag", "-f", "pyqemu-base")
     write_stamp(tree, stamp)
     return tree
@@ -205,7 +215,7 @@ def _finish_base(tree: Path, stamp: dict) -> Path:
 def base_tree_from_tarball(layout: Layout, tarball: Tarball) -> Path:
     """The stock tree: pristine tarball commit plus the firmware fixup."""
     tree = layout.source("stock")
-    want = {"tarball": tarball.sha256, "fixup": FIXUP_SUBJECT}
+    want = {"tarball": tarball.sha256, "fixup": fixup_id()}
     if read_stamp(tree) == want:
         return tree
     info(f"unpacking {tarball.path.name} into {tree}")
@@ -230,7 +240,7 @@ def base_tree_from_git(layout: Layout, checkout: Path) -> Path:
     if git(checkout, "status", "--porcelain", "--untracked-files=no").stdout:
         warn(f"{checkout} has uncommitted changes; building its HEAD {head[:12]}")
     tree = layout.source("stock")
-    want = {"git": head, "fixup": FIXUP_SUBJECT}
+    want = {"git": head, "fixup": fixup_id()}
     if read_stamp(tree) == want:
         return tree
     clear_stamp(tree)
