@@ -32,3 +32,11 @@ CONFIG_VMMOUSE=y
 
 # libvirt's default memory balloon.
 CONFIG_VIRTIO_BALLOON=y
+
+# The boards' ACPI selects ACPI_CXL, whose table builder (hw/acpi/cxl.c)
+# calls into hw/cxl; without CXL, 10.2 fails to link
+# (cxl_fmws_get_all_sorted has no stub).  CXL depends on PXB, and
+# hw/cxl in turn calls into the CXL memory device.
+CONFIG_PXB=y
+CONFIG_CXL=y
+CONFIG_CXL_MEM_DEVICE=y
