@@ -26,8 +26,12 @@ BITMAP_IOTESTS = (
 )
 
 #: iotests the series adds; they exist only in the patched tree.
-SERIES_IOTESTS = ("migrate-bitmaps-cancel", "migrate-bitmaps-live",
-                  "dirty-bitmap-regions", "migrate-bitmaps-size-mismatch")
+SERIES_IOTESTS = ("migrate-bitmaps-pending", "migrate-bitmaps-cancel",
+                  "migrate-bitmaps-size-mismatch",
+                  "migrate-bitmaps-huge-granularity",
+                  "migrate-bitmaps-resize", "migrate-bitmaps-quit",
+                  "qemu-io-inactive-node", "migrate-bitmaps-live",
+                  "dirty-bitmap-regions")
 
 #: Tests that may legitimately not run here, and the reason check gives.
 EXPECTED_NOT_RUN = {

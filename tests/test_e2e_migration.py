@@ -94,20 +94,32 @@ def test_bad_qmp_input_is_refused_and_changes_nothing(workdir):
             ("x-debug-block-dirty-bitmap-sha256",
              {"node": "disk0", "name": "missing"},
              "Dirty bitmap 'missing' not found"),
-            ("migrate-set-capabilities",
-             {"capabilities": [{"capability": "dirty-bitmaps-live",
-                                "state": True}]},
-             "Capability 'dirty-bitmaps-live' requires capability "
-             "'dirty-bitmaps'"),
+            ("x-debug-block-dirty-bitmap-regions",
+             {"node": "disk0", "name": "bm-64k", "max-regions": 0},
+             "max-regions"),
         ]
         for command, args, message in cases:
             with pytest.raises(ExecuteError) as e:
                 vm.cmd(command, **args)
             assert message in str(e.value), (command, str(e.value))
         assert vm.all_sha256() == before
+
+
+def test_live_capability_alone_is_inert_not_an_error(workdir):
+    """A manager that toggles dirty-bitmaps without knowing the new
+    capability must never fail to start a migration because of it: the
+    capability can be set on its own (and by -global), and does nothing
+    without dirty-bitmaps."""
+    disks = [Disk("disk0", GiB, bitmaps=BITMAPS[:1])]
+    with VM("vm", disks, "patched", workdir,
+            extra_args=("-global", "migration.x-dirty-bitmaps-live=on")) as vm:
         caps = {c["capability"]: c["state"]
                 for c in vm.cmd("query-migrate-capabilities")}
-        assert caps["dirty-bitmaps-live"] is False
+        assert caps["dirty-bitmaps-live"] is True
+        assert caps["dirty-bitmaps"] is False
+        vm.cmd("migrate-set-capabilities", capabilities=[
+            {"capability": "dirty-bitmaps", "state": False},
+            {"capability": "dirty-bitmaps-live", "state": True}])
 
 
 # -- live precopy ------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""Live bitmap migration between our build and QEMUs that know nothing of
+it: Debian bookworm's packaged QEMU 7.2 and a stock 10.2.2.
+
+Only the source needs the live mode: the stream is unchanged, so an older
+destination must load it, and an older source must migrate into the
+patched build.  A guest writes to the disk through IDE all along, and the
+machine type is 7.2's, which both ends know.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pyqemu import deps, guest, migration
+from pyqemu.build import binary as built_binary
+from pyqemu.vm import VM, Bitmap, Disk
+
+KiB, MiB, TiB = 1 << 10, 1 << 20, 1 << 40
+MACHINE = "pc-i440fx-7.2"
+BITMAPS = (Bitmap("bm-4k", 4 * KiB), Bitmap("bm-64k", 64 * KiB))
+#: Debian's package for the 7.2 peer, and where it puts the emulator
+PACKAGE = "qemu-system-x86"
+DEBIAN_QEMU = Path("/usr/bin/qemu-system-x86_64")
+
+
+@pytest.fixture
+def workdir():
+    d = Path(tempfile.mkdtemp(prefix="pq-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def qemu72() -> Path:
+    """Debian's QEMU 7.2, installed by the project like any dependency."""
+    deps.ensure((PACKAGE,))
+    out = subprocess.run([str(DEBIAN_QEMU), "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert re.search(r"version 7\.2\.", out), out
+    return DEBIAN_QEMU
+
+
+def binaries(peer: str, qemu72: Path) -> Path:
+    return qemu72 if peer == "debian-7.2" else \
+        built_binary("qemu-system-x86_64", "stock")
+
+
+def vms(workdir: Path, src_bin: Path, dst_bin: Path) -> tuple[VM, VM]:
+    disks = [Disk("disk0", TiB, bitmaps=BITMAPS,
+                  device="ide-hd,bus=ide.0,unit=1")]
+    src = VM("src", disks, workdir=workdir, machine=MACHINE, binary=src_bin,
+             boot=guest.boot_disk(workdir, "src"))
+    # -S: compare the bitmaps before the guest runs on the destination
+    dst = VM("dst", disks, workdir=workdir, machine=MACHINE, binary=dst_bin,
+             boot=guest.boot_disk(workdir, "dst"), incoming=True,
+             extra_args=("-S",))
+    return src, dst
+
+
+def migrate_while_writing(src: VM, dst: VM, uri: str, live: bool) -> None:
+    src.add_bitmaps()
+    guest.wait_progress(src.serial_log, 64)
+    caps = {"dirty-bitmaps": True, "events": True,
+            "pause-before-switchover": True}
+    src_caps = dict(caps, **({"dirty-bitmaps-live": True} if live else {}))
+    migration.set_capabilities(dst, {"dirty-bitmaps": True, "events": True})
+    migration.set_capabilities(src, src_caps)
+    migration.set_parameters(src, {"max-bandwidth": 32 * MiB,
+                                   "downtime-limit": 300})
+    dst.cmd("migrate-incoming", uri=uri)
+    src.cmd("migrate", uri=uri)
+    during = guest.progress(src.serial_log)
+    migration.wait(src, ("pre-switchover",), 120)
+    assert guest.progress(src.serial_log) > during, "the guest did not write"
+    shas = src.all_sha256()
+    src.cmd("migrate-continue", state="pre-switchover")
+    migration.wait(src, ("completed",), 120)
+    migration.wait(dst, ("completed",), 120)
+    assert dst.all_sha256() == shas
+
+
+@pytest.mark.parametrize("peer", ["debian-7.2", "stock-10.2"])
+def test_live_source_to_older_destination(workdir, qemu72, peer):
+    src, dst = vms(workdir, built_binary("qemu-system-x86_64", "patched"),
+                   binaries(peer, qemu72))
+    with src, dst:
+        migrate_while_writing(src, dst, f"unix:{workdir}/mig.sock", live=True)
+        info = migration.query(src)
+        assert info["dirty-bitmaps"]["resent-chunks"] > 0
+        assert src.machine.is_running() and dst.machine.is_running()
+
+
+def test_older_source_to_patched_destination(workdir, qemu72):
+    src, dst = vms(workdir, qemu72,
+                   built_binary("qemu-system-x86_64", "patched"))
+    with src, dst:
+        migrate_while_writing(src, dst, f"unix:{workdir}/mig.sock",
+                              live=False)
+        # the guest goes on writing on the destination, still tracked
+        before = {k: v["count"] for k, v in dst.bitmaps().items()}
+        dst.cmd("cont")
+        guest.wait_progress(dst.serial_log, 1)
+        after = {k: v["count"] for k, v in dst.bitmaps().items()}
+        assert all(after[k] >= before[k] for k in before)
+        assert src.machine.is_running() and dst.machine.is_running()

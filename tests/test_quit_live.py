@@ -1,0 +1,82 @@
+"""Quitting the source while it sends bitmaps live, on the ASan+UBSan build.
+
+``quit`` (or SIGTERM) frees the outgoing bitmap state from the main thread
+while the migration thread, without the BQL, walks it in the bulk or the
+dirty phase.  That was a heap use after free that only a sanitizer shows;
+the release build hid it.  So the source here is the sanitized build, the
+bitmaps are large enough that the migration thread is inside the bitmap
+code when the signal or command arrives, and the test repeats: every run
+must exit with status 0 and a log free of sanitizer and assertion reports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from pyqemu import build, migration
+from pyqemu.paths import SANITIZED
+from pyqemu.vm import VM, Bitmap, Disk
+
+KiB, MiB, TiB = 1 << 10, 1 << 20, 1 << 40
+ROUNDS = 6
+BITMAPS = tuple(Bitmap(f"bm{i}", 64 * KiB) for i in range(8))
+REPORTS = ("AddressSanitizer", "runtime error:", "Assertion", "LeakSanitizer")
+
+
+@pytest.fixture
+def workdir():
+    d = Path(tempfile.mkdtemp(prefix="pq-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start_live_migration(workdir: Path, n: int) -> tuple[VM, VM]:
+    disks = [Disk("disk0", 16 * TiB, bitmaps=BITMAPS)]
+    src = VM(f"src{n}", disks, workdir=workdir,
+             binary=build.binary("qemu-system-x86_64", SANITIZED))
+    dst = VM(f"dst{n}", disks, "patched", workdir, incoming=True)
+    src.launch()
+    dst.launch()
+    src.add_bitmaps()
+    for i in range(64):          # dirty chunks all over the disk
+        src.write("disk0", i * (TiB // 4), 64 * KiB)
+    uri = f"unix:{workdir}/mig{n}.sock"
+    migration.start(src, dst, uri,
+                    {"dirty-bitmaps": True, "dirty-bitmaps-live": True},
+                    {"max-bandwidth": 8 * MiB})
+    deadline = time.monotonic() + 60
+    while migration.query(src).get("dirty-bitmaps", {}).get(
+            "transferred", 0) < 64 * KiB:
+        assert time.monotonic() < deadline, "no bitmap data was sent"
+        time.sleep(0.01)
+    return src, dst
+
+
+def assert_clean_exit(vm: VM) -> None:
+    vm.machine.wait(timeout=60)
+    log = vm.log()
+    assert vm.machine.exitcode() == 0, log[-2000:]
+    for report in REPORTS:
+        assert report not in log, log[-4000:]
+
+
+@pytest.mark.parametrize("how", ["quit", "sigterm"])
+def test_quit_during_live_bitmap_migration(workdir, how):
+    for n in range(ROUNDS):
+        src, dst = start_live_migration(workdir, n)
+        try:
+            if how == "quit":
+                src.machine.qmp("quit")
+            else:
+                os.kill(src.machine.get_pid(), signal.SIGTERM)
+            assert_clean_exit(src)
+        finally:
+            dst.shutdown()
+            src.shutdown()
