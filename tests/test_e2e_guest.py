@@ -11,22 +11,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from pyqemu.machine import guest, migration
 from pyqemu.machine.vm import Bitmap, Disk, Pair
 from pyqemu.paths import Layout
-from pyqemu.util.units import GiB, KiB, MiB, TiB
+from pyqemu.util.units import KiB, MiB, TiB
 
 LIVE = {"dirty-bitmaps": True, "dirty-bitmaps-live": True, "events": True}
 BITMAPS = (Bitmap("bm-4k", 4 * KiB), Bitmap("bm-64k", 64 * KiB),
            Bitmap("bm-1m", MiB))
 
 
-def writer_pair(layout: Layout, workdir: Path, size: int = TiB, **kwargs) -> Pair:
+def writer_pair(layout: Layout, workdir: Path, size: int = TiB,
+                **kwargs) -> Pair:
     disks = [Disk("disk0", size, bitmaps=BITMAPS,
                   device="ide-hd,bus=ide.0,unit=1")]
-    boot = (guest.boot_disk(layout, workdir, "src"), guest.boot_disk(layout, workdir, "dst"))
+    boot = (guest.boot_disk(layout, workdir, "src"),
+            guest.boot_disk(layout, workdir, "dst"))
     return Pair(layout, disks, workdir, boot=boot, **kwargs)
 
 

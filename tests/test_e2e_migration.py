@@ -165,7 +165,7 @@ def test_multi_tib_bitmap_converges_only_with_the_series(layout, workdir):
     ("stock", "patched", STOCK_CAPS, 4 * GiB),
 ], ids=["patched-to-stock", "stock-to-patched"])
 def test_mixed_stock_and_patched_pairs_migrate_correctly(
-        workdir, src_flavour, dst_flavour, caps, size):
+        layout, workdir, src_flavour, dst_flavour, caps, size):
     """The stream format is unchanged, so live mode needs only the source."""
     disks = [Disk("disk0", size, bitmaps=BITMAPS)]
     with Pair(layout, disks, workdir, src_flavour, dst_flavour) as p:

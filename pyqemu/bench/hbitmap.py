@@ -51,7 +51,8 @@ def instructions_per_set(layout: Layout, flavour: str, pattern: str,
 
 def serial_speeds(layout: Layout, flavour: str, mib: int, chunk_kib: int,
                   ops: str | None = None) -> dict[str, dict]:
-    cmd = [bench_binary(layout, flavour), "serial", str(mib), str(chunk_kib)]
+    cmd: list[str | Path] = [bench_binary(layout, flavour), "serial", str(mib),
+                             str(chunk_kib)]
     if ops:
         cmd.append(ops)
     res = run(cmd, what=f"hbitmap-bench serial ({flavour})")

@@ -1,10 +1,10 @@
 """Download QEMU's orig tarball from Debian with ``apt-get source``.
 
 ``apt-get source`` needs a ``deb-src`` entry for the suite that carries the
-QEMU we pin (10.2.x, in sid and trixie-backports), but a Debian 12 machine only has ``deb``
-entries for bookworm.  The archive's address must not be written into this
-repository, so the entry is *derived at run time* from the machine's own
-apt sources: the mirror that serves the machine's own release is asked for
+QEMU we pin (10.2.x, in sid and trixie-backports), but a Debian 12 machine
+only has ``deb`` entries for bookworm.  The archive's address must not be
+written into this repository, so the entry is *derived at run time* from
+the machine's own apt sources: the mirror that serves the machine's own release is asked for
 the other suite's sources.
 
 Nothing under /etc/apt is modified: apt runs with a private source list
