@@ -91,7 +91,7 @@ def build(layout: Layout,
         env = dict(os.environ, PYTHONPATH=str(REPO))
         # ninja's output goes to the terminal: it is the progress report
         res = subprocess.run(["ninja", "-C", str(builddir)], env=env,
-                             check=False, preexec_fn=die_with_parent)
+                             check=False, preexec_fn=die_with_parent())
         if res.returncode != 0:
             raise BuildError(f"building the {flavour} flavour failed "
                              "(the first error is printed above)")

@@ -173,7 +173,7 @@ def step_ninja(layout: Layout, flavour: str, stamp: Path) -> None:
     # ninja's output goes to the terminal: it is the progress report
     res = subprocess.run(["ninja", "-C", str(build), *targets],
                          env=ccache_env(layout), check=False,
-                         preexec_fn=die_with_parent)
+                         preexec_fn=die_with_parent())
     if res.returncode != 0:
         raise BuildError(f"building {flavour} QEMU failed "
                          f"(ninja output above, build dir {build})")

@@ -36,4 +36,4 @@ def main(layout: Layout, pytest_args: list[str]) -> int:
         cmd.append(f"--qemu-src={layout.qemu_src}")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([*cmd, *extra], cwd=REPO, env=env, check=False,
-                          preexec_fn=die_with_parent).returncode
+                          preexec_fn=die_with_parent()).returncode

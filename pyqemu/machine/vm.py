@@ -21,7 +21,7 @@ from typing import Any
 from ..build.driver import BuildError, binary as built_binary
 from ..errors import PyqemuError
 from ..paths import Layout
-from ..util.proc import DEATHSIG_WRAPPER
+from ..util.proc import deathsig_wrapper
 
 #: What QEMU prints when it dies of a bug rather than of our kill.
 CRASH = re.compile(r"Assertion .* failed|ERROR: AddressSanitizer|"
@@ -138,7 +138,7 @@ class VM:
         QEMUMachine = _import_machine(layout)
         # QEMU dies with this process (PR_SET_PDEATHSIG), even on SIGKILL
         self.machine = QEMUMachine(str(binary), args=args, name=name,
-                                   wrapper=DEATHSIG_WRAPPER + tuple(wrapper),
+                                   wrapper=deathsig_wrapper() + tuple(wrapper),
                                    base_temp_dir=str(self.workdir),
                                    log_dir=str(self.workdir))
         self.exit: Exit | None = None

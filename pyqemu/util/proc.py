@@ -2,7 +2,8 @@
 
 :func:`run` captures output and raises :class:`~pyqemu.errors.CommandError`
 with the command and the tail of its stderr.  Every child gets
-``PR_SET_PDEATHSIG`` (:func:`die_with_parent`), so a pyqemu killed by a
+``PR_SET_PDEATHSIG`` (:func:`die_with_parent`, :func:`deathsig_wrapper`),
+so a pyqemu killed by a
 test timeout or ^C does not leave QEMU processes or namespaced shells
 behind.
 """
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ..errors import CommandError
 
@@ -23,22 +24,30 @@ from ..errors import CommandError
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the kernel sends SIGKILL to the child when the thread
-    that forked it exits (and at once if it already has)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getppid()
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent:      # the parent died before prctl
-        os._exit(1)
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn, made in the parent: the kernel sends SIGKILL to the
+    child when the thread that forked it exits.  A parent that died
+    before prctl (the child already has another parent) exits the child
+    at once."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
-#: A command prefix doing the same for a program someone else spawns
-#: (QEMUMachine takes a wrapper, not a preexec_fn): util/deathsig.py sets
-#: the signal and execs the rest of its command line.
-DEATHSIG_WRAPPER: tuple[str, ...] = (
-    sys.executable, "-I", "-S", str(Path(__file__).with_name("deathsig.py")))
+def deathsig_wrapper() -> tuple[str, ...]:
+    """A command prefix doing the same for a program someone else spawns
+    (QEMUMachine takes a wrapper, not a preexec_fn): util/deathsig.py sets
+    the signal, checks that its parent is still this process, and execs
+    the rest of its command line."""
+    return (sys.executable, "-I", "-S", str(Path(__file__).with_name(
+        "deathsig.py")), str(os.getpid()))
 
 
 def run(cmd: Sequence[str | Path], *, cwd: Path | None = None,
@@ -58,7 +67,7 @@ def run(cmd: Sequence[str | Path], *, cwd: Path | None = None,
                          stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT if merge else subprocess.PIPE,
                          text=True, timeout=timeout, check=False,
-                         preexec_fn=die_with_parent)
+                         preexec_fn=die_with_parent())
     if check and res.returncode != 0:
         raise CommandError(args, res.returncode,
                            res.stderr if res.stderr and res.stderr.strip()
