@@ -4,8 +4,8 @@
 QEMU we pin (10.2.x, in sid and trixie-backports), but a Debian 12 machine
 only has ``deb`` entries for bookworm.  The archive's address must not be
 written into this repository, so the entry is *derived at run time* from
-the machine's own apt sources: the mirror that serves the machine's own release is asked for
-the other suite's sources.
+the machine's own apt sources: the mirror that serves the machine's own
+release is asked for the other suite's sources.
 
 Nothing under /etc/apt is modified: apt runs with a private source list
 and a private lists directory inside the project cache.
