@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from pyqemu.machine import guest, migration
 from pyqemu.machine.vm import Bitmap, Disk, Pair
 from pyqemu.paths import Layout

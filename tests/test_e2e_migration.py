@@ -17,7 +17,6 @@ from pyqemu.machine.vm import VM, Bitmap, Disk, Pair
 from pyqemu.util.poll import until
 from pyqemu.util.units import GiB, KiB, MiB, TiB
 
-
 BITMAPS = (Bitmap("bm-64k", 64 * KiB), Bitmap("bm-1m", MiB),
            Bitmap("bm-4k", 4 * KiB))
 LIVE = {"dirty-bitmaps": True, "dirty-bitmaps-live": True, "events": True}

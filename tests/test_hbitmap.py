@@ -11,8 +11,8 @@ import ctypes
 import random
 
 import pytest
-
 from hbitmap_model import ModelHBitmap
+
 from pyqemu.shim.hbitmap import INT64_MAX, HBitmap
 
 L1 = 64

@@ -10,10 +10,10 @@ relies on: a chunk that changed after it was sent is sent again.
 from __future__ import annotations
 
 import pytest
+from hbitmap_model import ModelHBitmap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hbitmap_model import ModelHBitmap
 from pyqemu.shim import ffi
 from pyqemu.shim.hbitmap import HBitmap
 

@@ -9,12 +9,11 @@ Runs on both flavours: the series must not change any of this behaviour.
 from __future__ import annotations
 
 import pytest
+from hbitmap_model import ModelHBitmap
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize,
-                                 invariant, rule)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from hbitmap_model import ModelHBitmap
 from pyqemu.shim import ffi
 from pyqemu.shim.hbitmap import INT64_MAX, HBitmap
 

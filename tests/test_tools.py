@@ -15,9 +15,8 @@ import pytest
 from pyqemu import cli
 from pyqemu.errors import CommandError
 from pyqemu.machine.vm import VM, Exit, MachineError
-from pyqemu.paths import PINNED, layout_for
+from pyqemu.paths import PINNED, REPO, layout_for
 from pyqemu.util.poll import PollTimeout, until
-from pyqemu.paths import REPO
 from pyqemu.util.proc import run
 
 

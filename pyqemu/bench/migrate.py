@@ -43,7 +43,7 @@ MAX_WRITES = 16384
 #: Limits generous enough that stock converges too, so that its downtime
 #: can be set against the bitmap size: everything it sends (and the
 #: destination finishes) lands in the downtime.
-GENEROUS = {"max-bandwidth": 1 << 30, "avail-switchover-bandwidth": 1 << 30,
+GENEROUS = {"max-bandwidth": GiB, "avail-switchover-bandwidth": GiB,
             "downtime-limit": 20_000}
 
 CAPS = {

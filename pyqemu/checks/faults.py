@@ -168,7 +168,7 @@ def _destination_leftovers(dst: VM) -> str:
 
 def _complete(src: VM, dst: VM, link: Link) -> str:
     """A fast migration to *dst*, checked at the switchover."""
-    _start(src, link, 1 << 30)
+    _start(src, link, GiB)
     migration.wait(src, ("pre-switchover",), 120)
     at_switchover = {g: src.sha256("disk0", f"bm-{g}") for g in GRANULARITIES}
     src.cmd("migrate-continue", state="pre-switchover")

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..build.driver import BuildError, binary as built_binary
+from ..build.driver import BuildError
+from ..build.driver import binary as built_binary
 from ..errors import PyqemuError
 from ..paths import Layout
 from ..util.proc import deathsig_wrapper

@@ -22,6 +22,7 @@ from ..paths import Layout
 from ..tree import series
 from ..tree.git import git
 from ..tree.stock import BASE_TAG
+from ..util.units import MiB
 
 TITLE = "Live migration of dirty bitmaps"
 
@@ -123,7 +124,7 @@ def blurb(table: str, cases: list[dict], overhead: float,
         ({min(downtimes)}-{max(downtimes)} ms), and at most {in_downtime}
         bytes of bitmap data fall into the downtime; the largest case,
         {worst['bitmaps']} bitmaps of a {worst['size'] >> 40} TiB disk,
-        sends {(worst['wire'] or 0) / 2**20:.1f} MiB in
+        sends {(worst['wire'] or 0) / MiB:.1f} MiB in
         {worst['total_ms']} ms of migration with a
         {worst['downtime_ms']} ms downtime.""",
     ]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 from ..build.driver import build
 from ..machine import migration

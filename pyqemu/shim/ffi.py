@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from ctypes import (POINTER, c_bool, c_char_p, c_int, c_int64, c_uint64,
-                    c_void_p)
+from ctypes import POINTER, c_bool, c_char_p, c_int, c_int64, c_uint64, c_void_p
 from pathlib import Path
 from typing import Any, Callable, TypeAlias
 

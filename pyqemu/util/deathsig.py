@@ -8,8 +8,8 @@ pyqemu.util.proc.deathsig_wrapper.  Standalone on purpose: it runs with
 """
 
 import ctypes
-import signal
 import os
+import signal
 import sys
 
 PR_SET_PDEATHSIG = 1

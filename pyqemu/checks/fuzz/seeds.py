@@ -30,7 +30,7 @@ def capture(layout: Layout, workdir: Path) -> list[Path]:
                                                    disabled=True))}),
         "stopcopy-two-nodes": (False, {"disk0": (Bitmap("b0", 65536),),
                                         "disk1": (Bitmap("c0", 512),
-                                                  Bitmap("c1", 1 << 20))}),
+                                                  Bitmap("c1", MiB))}),
     }
     out = []
     for name, (live, bitmaps) in cases.items():
