@@ -9,11 +9,14 @@ also the moment at which "the source bitmap at switchover" is defined.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 from qemu.qmp import ExecuteError
 
 from pyqemu.machine import migration
-from pyqemu.machine.vm import VM, Bitmap, Disk, Pair
+from pyqemu.machine.vm import VM, Bitmap, Disk, MachineError, Pair
 from pyqemu.util.poll import until
 from pyqemu.util.units import GiB, KiB, MiB, TiB
 
@@ -56,6 +59,29 @@ def test_bitmaps_migrate_with_the_existing_capability(layout, workdir, flavour):
             assert after[key]["granularity"] == desc["granularity"]
             assert after[key]["count"] == desc["count"]
             assert after[key]["recording"] == desc["recording"]
+
+
+# -- a QEMU that dies on its own fails the test ------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGABRT, signal.SIGKILL])
+def test_teardown_fails_for_a_qemu_killed_by_someone_else(layout, workdir, sig):
+    """A QEMU that died after its last QMP call is not quietly killed
+    again at teardown: the block fails, naming the signal."""
+    vm = VM(layout, "vm", [Disk("disk0", GiB)], "stock", workdir)
+    with pytest.raises(MachineError, match=f"signal {int(sig)}"):
+        with vm:
+            os.kill(vm.machine.get_pid(), sig)
+            until(vm.is_running, lambda running: not running, 10,
+                  "QEMU to die")
+
+
+def test_pair_teardown_keeps_the_tests_own_error(layout, workdir):
+    disks = [Disk("disk0", GiB)]
+    with pytest.raises(ZeroDivisionError):
+        with Pair(layout, disks, workdir, "stock", "stock") as p:
+            os.kill(p.dst.machine.get_pid(), signal.SIGABRT)
+            raise ZeroDivisionError
+    assert not p.src.is_running() and not p.dst.is_running()
 
 
 # -- bad input gets a clear error and changes nothing -----------------------
