@@ -13,9 +13,35 @@ import pytest
 from pyqemu.checks import seriescheck
 from pyqemu.tree import series
 
-#: The patches that touch util/hbitmap.c where the drift below changes it
-#: (hbitmap_set's definition), so cannot apply to the drifted tree.
+#: Patches whose context includes hbitmap_set()'s definition in
+#: util/hbitmap.c: the drift below must make each of them fail.
 FAIL_ON_DRIFT = ("0001-", "0008-", "0009-")
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def drifted_clone(stock: Path, tree: Path) -> None:
+    """A clone of the stock tree where util/hbitmap.c changed under the
+    series (hbitmap_set renamed)."""
+    subprocess.run(["git", "clone", "-q", "--shared", str(stock), str(tree)],
+                   check=True)
+    hb = tree / "util" / "hbitmap.c"
+    hb.write_text(hb.read_text().replace("hbitmap_set(", "hbitmap_Set("))
+    subprocess.run([*GIT, "-C", str(tree), "commit", "-qam", "drift"],
+                   check=True)
+
+
+def failing_by_git(tree: Path, patches: list[series.Patch]) -> set[str]:
+    """The oracle, with plain git and none of pyqemu's code: which patches
+    `git am` rejects, applied in order, skipping the rejected ones."""
+    failed = set()
+    for p in patches:
+        res = subprocess.run([*GIT, "-C", str(tree), "am", "-q", "--keep-cr",
+                              str(p.path)], capture_output=True, check=False)
+        if res.returncode != 0:
+            failed.add(p.path.name)
+            subprocess.run([*GIT, "-C", str(tree), "am", "--abort"],
+                           capture_output=True, check=False)
+    return failed
 
 
 def test_series_is_clean_and_applies(layout):
@@ -40,24 +66,23 @@ def test_failing_patches_are_all_named_with_the_reason(layout, workdir):
     with git's reason, not just the first one -- and no patch that applies
     is blamed."""
     stock = layout.source("stock")
-    tree = workdir / "tree"
-    subprocess.run(["git", "clone", "-q", "--shared", str(stock), str(tree)],
-                   check=True)
     patches = series.patches()
-    # a tree where util/hbitmap.c changed under the series
-    hb = tree / "util" / "hbitmap.c"
-    hb.write_text(hb.read_text().replace("hbitmap_set(", "hbitmap_Set("))
-    subprocess.run(["git", "-C", str(tree), "-c", "user.name=t", "-c",
-                    "user.email=t@t", "commit", "-qam", "drift"], check=True)
+    drifted_clone(stock, workdir / "oracle")
+    expected = failing_by_git(workdir / "oracle", patches)
+    for prefix in FAIL_ON_DRIFT:
+        assert any(name.startswith(prefix) for name in expected), \
+            f"the drift does not break {prefix}*: the test lost its point"
+
+    drifted_clone(stock, workdir / "tree")
     with pytest.raises(series.SeriesError) as e:
-        series.apply_series(tree, patches)
+        series.apply_series(workdir / "tree", patches)
     lines = str(e.value).splitlines()
     named = {re.search(r" (\S+\.patch) ", ln).group(1) for ln in lines}
-    expected = {p.path.name for p in patches
-                if p.path.name.startswith(FAIL_ON_DRIFT)}
     assert named == expected, lines
     for ln in lines:
-        assert "does not apply" in ln and "hbitmap.c" in ln, ln
+        assert "does not apply" in ln and "error: " in ln, ln
+        if ln.split()[2].startswith(FAIL_ON_DRIFT):
+            assert "hbitmap.c" in ln, ln
 
 
 def test_checkpatch_that_cannot_run_is_a_failure(workdir):
