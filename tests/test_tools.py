@@ -14,6 +14,8 @@ import pytest
 
 from pyqemu import cli
 from pyqemu.errors import CommandError
+from pyqemu.machine import netns
+from pyqemu.machine.netns import Link
 from pyqemu.machine.vm import VM, Exit, MachineError
 from pyqemu.paths import PINNED, REPO, layout_for
 from pyqemu.util.poll import PollTimeout, until
@@ -119,3 +121,18 @@ def test_regions_walk_that_does_not_advance_raises():
     vm.cmd = lambda command, **args: next(replies)  # type: ignore[method-assign]
     with pytest.raises(MachineError, match="does not advance"):
         vm.regions("disk0", "bm")
+
+
+def test_link_exit_kills_what_runs_inside_and_sweeps_stale_namespaces():
+    """Nothing outlives a Link: not the processes in its namespaces, not
+    the namespaces of a pyqemu that died without cleaning up."""
+    stale = f"pq-{2**22 + 1}-beef-a"        # a pid above pid_max: gone
+    run(["ip", "netns", "add", stale])
+    with Link(rate=None) as link:
+        assert not (netns.NETNS_DIR / stale).exists()
+        inside = subprocess.Popen([*link.wrapper("a"), "sleep", "60"],
+                                  stdout=subprocess.DEVNULL)
+        until(lambda: run(["ip", "netns", "pids", link.ns["a"]]).stdout,
+              lambda out: str(inside.pid) in out, 5, "sleep in the namespace")
+    assert inside.wait(timeout=5) == -signal.SIGKILL
+    assert not any((netns.NETNS_DIR / n).exists() for n in link.ns.values())

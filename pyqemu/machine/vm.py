@@ -11,6 +11,7 @@ storage, so a "16 TiB disk" is a 16 TiB bitmap and nothing else.
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import sys
@@ -28,6 +29,12 @@ from ..util.proc import deathsig_wrapper
 CRASH = re.compile(r"Assertion .* failed|ERROR: AddressSanitizer|"
                    r"runtime error:|SUMMARY: UndefinedBehaviorSanitizer|"
                    r"ERROR: LeakSanitizer")
+
+
+# How QEMU ended is judged here (Exit.problem); qemu.machine's own
+# warnings about it (a signal, a QMP socket reset by a QEMU that exited)
+# would only repeat that on stderr, thousands of times in a fuzz campaign.
+logging.getLogger("qemu.machine").setLevel(logging.ERROR)
 
 
 class MachineError(PyqemuError):
