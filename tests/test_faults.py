@@ -1,4 +1,4 @@
-"""Faults during live bitmap migration (pyqemu/faults.py): a running
+"""Faults during live bitmap migration (pyqemu/checks/faults.py): a running
 writer guest migrated between two network namespaces over a rate-limited
 veth link, broken during the bitmap bulk phase."""
 

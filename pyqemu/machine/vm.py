@@ -132,7 +132,7 @@ class VM:
                 "-nodefaults", "-no-user-config",
                 "-serial", f"file:{self.serial_log}"]
         if boot is not None:
-            # A boot sector on the first IDE disk (see pyqemu.guest)
+            # A boot sector on the first IDE disk (see pyqemu.machine.guest)
             args += ["-blockdev", f"driver=file,filename={boot},node-name=boot",
                      "-device", "ide-hd,drive=boot,bus=ide.0,unit=0,"
                                 "bootindex=0,id=bootdisk"]
