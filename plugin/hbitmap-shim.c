@@ -18,7 +18,7 @@
 #include "qapi/error.h"
 #include "qemu-source.h"
 
-/* Bumped when a helper's signature changes; checked by pyqemu/ffi.py. */
+/* Bumped when a helper's signature changes; checked by pyqemu/shim/ffi.py. */
 #define PYQEMU_SHIM_ABI 1
 
 int pyqemu_shim_abi(void);

@@ -1,149 +1,180 @@
 """``pyqemu``: build, locate, demonstrate and test the bitmap migration series.
 
-The CLI only parses arguments and dispatches; each command's work lives in
-its own module so it can be used from tests and benchmarks too.
+The CLI only parses arguments, chooses the source tree once (a
+:class:`~pyqemu.paths.Layout`, passed down to every command) and
+dispatches; each command's work lives in its own module so it can be used
+from tests and benchmarks too.  :func:`main` is the one error boundary:
+what goes wrong below it becomes one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import subprocess
 import sys
 from pathlib import Path
 
-from . import build as buildmod
+from .build.driver import BINARIES
+from .errors import PyqemuError
 from .log import info
+from .paths import SANITIZED, Layout, layout_for
 
 
-def _flavours(args: argparse.Namespace) -> tuple[str, ...]:
-    chosen = tuple(f for f in ("stock", "patched", "asan")
+def cmd_build(args: argparse.Namespace, layout: Layout) -> int:
+    from .build.driver import build
+    chosen = tuple(f for f in ("stock", "patched", SANITIZED)
                    if getattr(args, f))
-    return chosen or ("stock", "patched")
-
-
-def _select_source(args: argparse.Namespace) -> None:
-    """With --qemu-src, make that tree's builds the ones every later step
-    (tests run in a subprocess included) uses."""
-    if getattr(args, "qemu_src", None) is not None:
-        os.environ["PYQEMU_TAG"] = buildmod.layout_for(args.qemu_src).tag
-
-
-def cmd_build(args: argparse.Namespace) -> int:
-    results = buildmod.build(_flavours(args), args.qemu_src)
-    for r in results:
+    for r in build(layout, chosen or ("stock", "patched")):
         info(f"{r.flavour}: {r.seconds:.1f}s")
     return 0
 
 
-def cmd_which(args: argparse.Namespace) -> int:
-    layout = buildmod.layout_for(args.qemu_src)
-    flavour = "stock" if args.stock else "patched"
-    print(buildmod.binary(args.binary, flavour, layout))
+def cmd_which(args: argparse.Namespace, layout: Layout) -> int:
+    from .build.driver import binary
+    print(binary(layout, args.binary, "stock" if args.stock else "patched"))
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
-    return demo.main(args)
+def cmd_demo(args: argparse.Namespace, layout: Layout) -> int:
+    from .report import demo
+    return demo.main(layout)
 
 
-def cmd_test(args: argparse.Namespace) -> int:
-    from . import testrunner
-    return testrunner.main(args)
+def cmd_test(args: argparse.Namespace, layout: Layout) -> int:
+    from .checks import suite
+    return suite.main(layout, args.pytest_args)
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from . import check
-    return check.main(args)
+def cmd_check_faults(args: argparse.Namespace, layout: Layout) -> int:
+    from .checks import faults
+    return faults.main(layout)
 
 
-def cmd_series(args: argparse.Namespace) -> int:
-    if args.what == "check":
-        from . import seriescheck
-        return seriescheck.main(args.quick)
-    from . import coverletter
-    buildmod.build()
-    print(coverletter.write(reuse=args.reuse))
+def cmd_check_fuzz(args: argparse.Namespace, layout: Layout) -> int:
+    from .checks.fuzz import report
+    return report.main(layout, args.inputs, args.seed)
+
+
+def cmd_series_check(args: argparse.Namespace, layout: Layout) -> int:
+    from .checks import seriescheck
+    return seriescheck.main(layout, args.quick)
+
+
+def cmd_cover_letter(args: argparse.Namespace, layout: Layout) -> int:
+    from .build.driver import build
+    from .report import coverletter
+    build(layout)
+    print(coverletter.write(layout, reuse=args.reuse))
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace, layout: Layout) -> int:
     from .bench import main as bench_main
-    return bench_main(args)
+    return bench_main(layout, args.what, args.quick)
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number of at least 0."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
 
 
 def parser() -> argparse.ArgumentParser:
+    """Every command with only the flags that mean something to it."""
     ap = argparse.ArgumentParser(
         prog="pyqemu",
         description="Live migration of QEMU dirty bitmaps: build the stock "
                     "and patched QEMU, run them, test and measure them.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    def src_opt(p: argparse.ArgumentParser) -> None:
+    def command(parent: argparse._SubParsersAction, name: str, func, help: str
+                ) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help, description=help)
         p.add_argument("--qemu-src", type=Path, metavar="DIR",
                        help="your own QEMU git checkout instead of the pinned "
                             "Debian tarball (its HEAD is used, never modified)")
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("build", help="build stock and/or patched QEMU + shim")
-    p.add_argument("--stock", action="store_true", help="only the stock tree")
-    p.add_argument("--patched", action="store_true",
-                   help="only the patched tree")
+    p = command(sub, "build", cmd_build, "build stock and/or patched QEMU + shim "
+                                         "(default: both)")
+    p.add_argument("--stock", action="store_true", help="the stock tree")
+    p.add_argument("--patched", action="store_true", help="the patched tree")
     p.add_argument("--asan", action="store_true",
                    help="the patched tree with ASan and UBSan (for fuzzing)")
-    p.add_argument("--all", action="store_true", help="both (the default)")
-    src_opt(p)
-    p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("which", help="print the absolute path of a built binary")
-    p.add_argument("binary", choices=sorted(buildmod.BINARIES))
+    p = command(sub, "which", cmd_which,
+                "print the absolute path of a built binary")
+    p.add_argument("binary", choices=sorted(BINARIES))
     p.add_argument("--stock", action="store_true",
                    help="the stock build (default: patched)")
-    src_opt(p)
-    p.set_defaults(func=cmd_which)
 
-    p = sub.add_parser("demo", help="the main job: build both trees and "
-                                    "migrate a VM with dirty bitmaps")
-    src_opt(p)
-    p.set_defaults(func=cmd_demo)
+    command(sub, "demo", cmd_demo, "the main job: build both trees and "
+                                   "migrate a VM with dirty bitmaps")
 
-    p = sub.add_parser("test", help="build if needed, then run the test suite")
-    src_opt(p)
+    p = command(sub, "test", cmd_test,
+                "build if needed, then run the test suite")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER,
                    help="extra arguments for pytest (after --)")
-    p.set_defaults(func=cmd_test)
 
-    p = sub.add_parser("check", help="fault scenarios and stream fuzzing")
-    p.add_argument("what", choices=("faults", "fuzz"))
-    p.add_argument("--inputs", type=int, default=10_000,
-                   help="fuzz: how many mutated streams to try")
-    p.add_argument("--seed", type=int, default=1, help="fuzz: random seed")
-    p.set_defaults(func=cmd_check)
+    check = sub.add_parser("check", help="fault scenarios and stream fuzzing")
+    what = check.add_subparsers(dest="what", required=True)
+    command(what, "faults", cmd_check_faults,
+            "cancel / kill / cut the link during a live migration; table")
+    p = command(what, "fuzz", cmd_check_fuzz,
+                "mutated migration streams on the ASan+UBSan build")
+    p.add_argument("--inputs", type=_count, default=10_000,
+                   help="how many mutated streams to try (default 10000)")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
 
-    p = sub.add_parser("series", help="check the patch series, or write its "
-                                      "cover letter")
-    p.add_argument("what", choices=("check", "cover-letter"))
+    series = sub.add_parser("series", help="check the patch series, or write "
+                                           "its cover letter")
+    what = series.add_subparsers(dest="what", required=True)
+    p = command(what, "check", cmd_series_check,
+                "checkpatch, sign-off, subjects; every prefix applies, "
+                "builds and passes test-hbitmap")
     p.add_argument("--quick", action="store_true",
-                   help="check: checkpatch, metadata and apply only")
+                   help="checkpatch, metadata and apply only")
+    p = command(what, "cover-letter", cmd_cover_letter,
+                "write patches/0000-cover-letter.patch")
     p.add_argument("--reuse", action="store_true",
-                   help="cover-letter: use the last benchmark results "
-                        "instead of measuring again")
-    p.set_defaults(func=cmd_series)
+                   help="use the last benchmark results instead of "
+                        "measuring again")
 
-    p = sub.add_parser("bench", help="benchmarks (measure, never assert)")
+    p = command(sub, "bench", cmd_bench, "benchmarks (measure, never assert)")
     p.add_argument("what", choices=("migrate", "hbitmap"))
     p.add_argument("--quick", action="store_true",
                    help="a smaller sweep, for a first look")
-    p.set_defaults(func=cmd_bench)
     return ap
+
+
+def _is_expected(e: BaseException) -> bool:
+    """Failures of the outside world (a command, QEMU, QMP, the disk)
+    rather than bugs of pyqemu: those get one line, bugs a traceback."""
+    if isinstance(e, (PyqemuError, subprocess.SubprocessError, OSError)):
+        return True
+    # qemu.qmp's and qemu.machine's errors (the latter is imported from
+    # the built tree, so it is recognised by its package)
+    return type(e).__module__.split(".")[0] == "qemu"
+
+
+def one_line(e: BaseException) -> str:
+    text = " / ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+    text = text or type(e).__name__
+    return text if len(text) <= 600 else text[:600] + " ..."
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _select_source(args)
+    layout = layout_for(args.qemu_src)
     try:
-        return int(args.func(args) or 0)
-    except (buildmod.BuildError, RuntimeError, OSError) as e:
-        print(f"pyqemu: error: {e}", file=sys.stderr)
-        return 1
+        return int(args.func(args, layout) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if not _is_expected(e):
+            raise
+        print(f"pyqemu: error: {one_line(e)}", file=sys.stderr)
+        return 1

@@ -23,18 +23,3 @@ def info(msg: str) -> None:
 
 def warn(msg: str) -> None:
     _emit("WARNING: ", msg)
-
-
-def status_line(msg: str) -> None:
-    """Overwrite the current terminal line (ninja-style progress).
-
-    On a non-terminal (CI logs) every update would be a new line, so only
-    the caller's final message is printed there.
-    """
-    if sys.stderr.isatty():
-        print("\r\033[K" + msg, end="", file=sys.stderr, flush=True)
-
-
-def end_status() -> None:
-    if sys.stderr.isatty():
-        print(file=sys.stderr, flush=True)

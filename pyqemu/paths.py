@@ -9,6 +9,7 @@ build instead of starting from nothing.  The location is
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,15 @@ FLAVOURS = ("stock", "patched")
 #: UndefinedBehaviorSanitizer, for the migration stream fuzzer.
 SANITIZED = "asan"
 
-REPO = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+REPO = PACKAGE.parent
+#: Known-good QEMU versions and their sha256 (read by pyqemu.tree).
+VERSIONS_FILE = PACKAGE / "build" / "qemu-versions.toml"
+#: The device list QEMU is configured with (put into the tree by
+#: pyqemu.tree.stock, read by configure's --with-devices-x86_64).
+DEVICES_FILE = PACKAGE / "build" / "qemu-devices.mak"
+#: The tag of the pinned Debian source's trees.
+PINNED = "debian"
 
 
 def cache_root() -> Path:
@@ -36,20 +45,24 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class Layout:
-    """Paths of one source configuration (Debian tarball or --qemu-src).
+    """Paths of one source configuration: the pinned Debian tarball, or a
+    developer's checkout (``--qemu-src``).
 
-    ``tag`` names the configuration so that a developer's own QEMU tree
-    gets build directories of its own and never clobbers the pinned ones.
+    Chosen once by the CLI (or the test session) and passed down, so every
+    step -- build, shim, VMs, fuzzer -- uses the same trees.  ``tag``
+    names the configuration so that a developer's own QEMU tree gets build
+    directories of its own and never clobbers the pinned ones.
     """
 
     root: Path
-    tag: str = "debian"
+    tag: str = PINNED
+    qemu_src: Path | None = None
 
     @classmethod
-    def default(cls, tag: str | None = None) -> "Layout":
-        """The layout in use: ``$PYQEMU_TAG`` (set by ``--qemu-src``) selects
-        a developer's tree for everything run from this process down."""
-        return cls(cache_root(), tag or os.environ.get("PYQEMU_TAG") or "debian")
+    def pinned(cls) -> "Layout":
+        """The trees of the pinned Debian source."""
+        return cls(cache_root(), PINNED)
+
 
     @property
     def downloads(self) -> Path:
@@ -63,6 +76,11 @@ class Layout:
     def ccache(self) -> Path:
         return self.root / "ccache"
 
+    @property
+    def trees(self) -> Path:
+        """Every flavour of this configuration, plus its origin.json."""
+        return self.root / "tree" / self.tag
+
     def flavour_root(self, flavour: str) -> Path:
         """Everything of one flavour: ``src/``, ``qemu/`` and ``meson/``.
 
@@ -72,7 +90,7 @@ class Layout:
         stock and patched: the second tree costs only what the series
         changes.
         """
-        return self.root / "tree" / self.tag / flavour
+        return self.trees / flavour
 
     def source(self, flavour: str) -> Path:
         """Git work tree holding the QEMU source of one flavour."""
@@ -99,3 +117,13 @@ class Layout:
     def work(self) -> Path:
         """Scratch space for tests and benchmarks (images, sockets, logs)."""
         return self.root / "work"
+
+
+def layout_for(qemu_src: Path | None) -> Layout:
+    """The layout of a source choice: the pinned Debian tarball for None,
+    else trees of the checkout's own, tagged by its resolved path."""
+    if qemu_src is None:
+        return Layout.pinned()
+    src = qemu_src.expanduser().resolve()
+    digest = hashlib.sha256(str(src).encode()).hexdigest()[:10]
+    return Layout(cache_root(), f"src-{src.name}-{digest}", src)

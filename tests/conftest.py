@@ -2,38 +2,74 @@
 
 The suite runs against what ``pyqemu build`` produced in the cache; a
 missing build is a test *failure* with the command to run, never a skip,
-so a broken build can never pass CI quietly.
+so a broken build can never pass CI quietly.  Which trees: the pinned
+Debian source, or ``--qemu-src DIR`` (``./run test --qemu-src DIR``
+passes it on), as one :class:`~pyqemu.paths.Layout` for the session.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyqemu import ffi  # noqa: E402
-from pyqemu.hbitmap import HBitmap  # noqa: E402
+from pyqemu.paths import Layout, layout_for  # noqa: E402
+from pyqemu.shim import ffi  # noqa: E402
+from pyqemu.shim.hbitmap import HBitmap  # noqa: E402
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--qemu-src", type=Path, default=None, metavar="DIR",
+                     help="test the builds of this QEMU checkout instead of "
+                          "the pinned Debian source")
+
+
+@pytest.fixture(scope="session")
+def layout(request: pytest.FixtureRequest) -> Layout:
+    """The trees under test, chosen once for the session."""
+    return layout_for(request.config.getoption("qemu_src"))
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A short private directory: unix socket paths must stay < 108 bytes."""
+    with tempfile.TemporaryDirectory(prefix="pq-", dir="/tmp") as d:
+        yield Path(d)
 
 
 @pytest.fixture(params=["stock", "patched"])
 def flavour(request: pytest.FixtureRequest) -> str:
     """Behaviour both builds must share: the series must not change it."""
-    lib = ffi.library(request.param)
-    lib.has("hbitmap_alloc")    # raises LibraryError with the fix if unbuilt
-    return request.param
+    return str(request.param)
 
 
 @pytest.fixture
-def make_bitmap(flavour: str):
+def lib(layout: Layout, flavour: str) -> ffi.Library:
+    """The shim library of the flavour under test."""
+    library = ffi.library(layout, flavour)
+    library.has("hbitmap_alloc")  # raises LibraryError with the fix if unbuilt
+    return library
+
+
+@pytest.fixture
+def patched_lib(layout: Layout) -> ffi.Library:
+    """The patched shim (meta bitmaps exist only there)."""
+    return ffi.library(layout, "patched")
+
+
+@pytest.fixture
+def make_bitmap(lib: ffi.Library) -> Iterator[Callable[..., HBitmap]]:
     """Allocate HBitmaps of the current flavour; all freed after the test."""
     made: list[HBitmap] = []
 
     def make(size: int, granularity: int = 0) -> HBitmap:
-        hb = HBitmap(size, granularity, flavour=flavour)
+        hb = HBitmap(size, granularity, lib)
         made.append(hb)
         return hb
 

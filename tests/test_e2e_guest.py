@@ -9,37 +9,29 @@ guest's writes on the destination.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
-import pytest
+from pyqemu.machine import guest, migration
+from pyqemu.machine.vm import Bitmap, Disk, Pair
+from pyqemu.paths import Layout
+from pyqemu.util.units import KiB, MiB, TiB
 
-from pyqemu import guest, migration
-from pyqemu.vm import Bitmap, Disk, Pair
-
-KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 LIVE = {"dirty-bitmaps": True, "dirty-bitmaps-live": True, "events": True}
 BITMAPS = (Bitmap("bm-4k", 4 * KiB), Bitmap("bm-64k", 64 * KiB),
            Bitmap("bm-1m", MiB))
 
 
-@pytest.fixture
-def workdir():
-    d = Path(tempfile.mkdtemp(prefix="pq-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def writer_pair(workdir: Path, size: int = TiB, **kwargs) -> Pair:
+def writer_pair(layout: Layout, workdir: Path, size: int = TiB,
+                **kwargs) -> Pair:
     disks = [Disk("disk0", size, bitmaps=BITMAPS,
                   device="ide-hd,bus=ide.0,unit=1")]
-    boot = (guest.boot_disk(workdir, "src"), guest.boot_disk(workdir, "dst"))
-    return Pair(disks, workdir, boot=boot, **kwargs)
+    boot = (guest.boot_disk(layout, workdir, "src"),
+            guest.boot_disk(layout, workdir, "dst"))
+    return Pair(layout, disks, workdir, boot=boot, **kwargs)
 
 
-def test_guest_writes_dirty_the_bitmaps_through_ide(workdir):
-    with writer_pair(workdir) as p:
+def test_guest_writes_dirty_the_bitmaps_through_ide(layout, workdir):
+    with writer_pair(layout, workdir) as p:
         p.src.add_bitmaps()
         n = guest.wait_progress(p.src.serial_log, 64)
         counts = {k: v["count"] for k, v in p.src.bitmaps().items()}
@@ -50,8 +42,8 @@ def test_guest_writes_dirty_the_bitmaps_through_ide(workdir):
         assert (2056 * 512, 4 * KiB) in regions[:n]
 
 
-def test_live_migration_while_the_guest_writes(workdir):
-    with writer_pair(workdir, dst_paused=True) as p:
+def test_live_migration_while_the_guest_writes(layout, workdir):
+    with writer_pair(layout, workdir, dst_paused=True) as p:
         p.src.add_bitmaps()
         guest.wait_progress(p.src.serial_log, 64)
         caps = dict(LIVE, **{"pause-before-switchover": True})

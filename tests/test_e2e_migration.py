@@ -9,31 +9,21 @@ also the moment at which "the source bitmap at switchover" is defined.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
-from pathlib import Path
+import os
+import signal
 
 import pytest
 from qemu.qmp import ExecuteError
 
-from pyqemu import migration
-from pyqemu.vm import Bitmap, Disk, Pair, VM
-
-KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+from pyqemu.machine import migration
+from pyqemu.machine.vm import VM, Bitmap, Disk, MachineError, Pair
+from pyqemu.util.poll import until
+from pyqemu.util.units import GiB, KiB, MiB, TiB
 
 BITMAPS = (Bitmap("bm-64k", 64 * KiB), Bitmap("bm-1m", MiB),
            Bitmap("bm-4k", 4 * KiB))
 LIVE = {"dirty-bitmaps": True, "dirty-bitmaps-live": True, "events": True}
 STOCK_CAPS = {"dirty-bitmaps": True, "events": True}
-
-
-@pytest.fixture
-def workdir():
-    """A short private directory: unix socket paths must stay < 108 bytes."""
-    d = Path(tempfile.mkdtemp(prefix="pq-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def spread_writes(vm: VM, node: str, size: int, n: int = 16) -> None:
@@ -42,23 +32,19 @@ def spread_writes(vm: VM, node: str, size: int, n: int = 16) -> None:
 
 
 def wait_stats(vm: VM, key: str, at_least: int, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    info = {}
-    while time.monotonic() < deadline:
-        info = migration.query(vm)
-        if info.get("dirty-bitmaps", {}).get(key, 0) >= at_least:
-            return info
-        time.sleep(0.01)
-    raise AssertionError(f"dirty-bitmaps.{key} never reached {at_least}: {info}")
+    return until(lambda: migration.query(vm),
+                 lambda i: i.get("dirty-bitmaps", {}).get(key, 0) >= at_least,
+                 timeout, f"dirty-bitmaps.{key} to reach {at_least}",
+                 interval=0.01)
 
 
 # -- today's capability, both builds ----------------------------------------
 
 @pytest.mark.parametrize("flavour", ["stock", "patched"])
-def test_bitmaps_migrate_with_the_existing_capability(workdir, flavour):
+def test_bitmaps_migrate_with_the_existing_capability(layout, workdir, flavour):
     # Small enough for stock to converge: it counts bitmap bits as bytes
     disks = [Disk("disk0", 4 * GiB, bitmaps=BITMAPS)]
-    with Pair(disks, workdir, flavour, flavour) as p:
+    with Pair(layout, disks, workdir, flavour, flavour) as p:
         p.src.add_bitmaps()
         p.src.cmd("block-dirty-bitmap-disable", node="disk0", name="bm-4k")
         spread_writes(p.src, "disk0", 4 * GiB)
@@ -75,11 +61,34 @@ def test_bitmaps_migrate_with_the_existing_capability(workdir, flavour):
             assert after[key]["recording"] == desc["recording"]
 
 
+# -- a QEMU that dies on its own fails the test ------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGABRT, signal.SIGKILL])
+def test_teardown_fails_for_a_qemu_killed_by_someone_else(layout, workdir, sig):
+    """A QEMU that died after its last QMP call is not quietly killed
+    again at teardown: the block fails, naming the signal."""
+    vm = VM(layout, "vm", [Disk("disk0", GiB)], "stock", workdir)
+    with pytest.raises(MachineError, match=f"signal {int(sig)}"):
+        with vm:
+            os.kill(vm.machine.get_pid(), sig)
+            until(vm.is_running, lambda running: not running, 10,
+                  "QEMU to die")
+
+
+def test_pair_teardown_keeps_the_tests_own_error(layout, workdir):
+    disks = [Disk("disk0", GiB)]
+    with pytest.raises(ZeroDivisionError):
+        with Pair(layout, disks, workdir, "stock", "stock") as p:
+            os.kill(p.dst.machine.get_pid(), signal.SIGABRT)
+            raise ZeroDivisionError
+    assert not p.src.is_running() and not p.dst.is_running()
+
+
 # -- bad input gets a clear error and changes nothing -----------------------
 
-def test_bad_qmp_input_is_refused_and_changes_nothing(workdir):
+def test_bad_qmp_input_is_refused_and_changes_nothing(layout, workdir):
     disks = [Disk("disk0", GiB, bitmaps=BITMAPS[:1])]
-    with VM("vm", disks, "patched", workdir) as vm:
+    with VM(layout, "vm", disks, "patched", workdir) as vm:
         vm.add_bitmaps()
         vm.write("disk0", 0, 64 * KiB)
         before = vm.all_sha256()
@@ -105,13 +114,13 @@ def test_bad_qmp_input_is_refused_and_changes_nothing(workdir):
         assert vm.all_sha256() == before
 
 
-def test_live_capability_alone_is_inert_not_an_error(workdir):
+def test_live_capability_alone_is_inert_not_an_error(layout, workdir):
     """A manager that toggles dirty-bitmaps without knowing the new
     capability must never fail to start a migration because of it: the
     capability can be set on its own (and by -global), and does nothing
     without dirty-bitmaps."""
     disks = [Disk("disk0", GiB, bitmaps=BITMAPS[:1])]
-    with VM("vm", disks, "patched", workdir,
+    with VM(layout, "vm", disks, "patched", workdir,
             extra_args=("-global", "migration.x-dirty-bitmaps-live=on")) as vm:
         caps = {c["capability"]: c["state"]
                 for c in vm.cmd("query-migrate-capabilities")}
@@ -124,14 +133,14 @@ def test_live_capability_alone_is_inert_not_an_error(workdir):
 
 # -- live precopy ------------------------------------------------------------
 
-def test_live_migration_with_writes_during_migration(workdir):
+def test_live_migration_with_writes_during_migration(layout, workdir):
     """Every destination bitmap equals the source bitmap at switchover,
     chunks written after they were sent are sent again, and the
     destination keeps tracking writes."""
     size = TiB
     disks = [Disk("disk0", size, bitmaps=BITMAPS),
              Disk("disk1", 64 * GiB, bitmaps=(Bitmap("other", 128 * KiB),))]
-    with Pair(disks, workdir) as p:
+    with Pair(layout, disks, workdir) as p:
         p.src.add_bitmaps()
         spread_writes(p.src, "disk0", size)
         caps = dict(LIVE, **{"pause-before-switchover": True})
@@ -161,13 +170,13 @@ def test_live_migration_with_writes_during_migration(workdir):
             assert grown[key] > counts[key], key
 
 
-def test_multi_tib_bitmap_converges_only_with_the_series(workdir):
+def test_multi_tib_bitmap_converges_only_with_the_series(layout, workdir):
     """A 4 TiB disk at 64 KiB granularity (an 8 MiB bitmap) under a 300 ms
     downtime limit: stock never completes, the series does, within it."""
     disks = [Disk("disk0", 4 * TiB, bitmaps=(Bitmap("bm", 64 * KiB),))]
     params = {"max-bandwidth": 100 * MiB, "downtime-limit": 300}
 
-    with Pair(disks, workdir / "stock", "stock", "stock") as p:
+    with Pair(layout, disks, workdir / "stock", "stock", "stock") as p:
         p.src.add_bitmaps()
         spread_writes(p.src, "disk0", 4 * TiB)
         stock = migration.run(p.src, p.dst, p.uri, STOCK_CAPS, params,
@@ -175,7 +184,7 @@ def test_multi_tib_bitmap_converges_only_with_the_series(workdir):
         assert stock.status == "timeout"
         assert p.src.cmd("query-status")["status"] == "running"
 
-    with Pair(disks, workdir / "patched") as p:
+    with Pair(layout, disks, workdir / "patched") as p:
         p.src.add_bitmaps()
         spread_writes(p.src, "disk0", 4 * TiB)
         before = p.src.all_sha256()
@@ -193,10 +202,10 @@ def test_multi_tib_bitmap_converges_only_with_the_series(workdir):
     ("stock", "patched", STOCK_CAPS, 4 * GiB),
 ], ids=["patched-to-stock", "stock-to-patched"])
 def test_mixed_stock_and_patched_pairs_migrate_correctly(
-        workdir, src_flavour, dst_flavour, caps, size):
+        layout, workdir, src_flavour, dst_flavour, caps, size):
     """The stream format is unchanged, so live mode needs only the source."""
     disks = [Disk("disk0", size, bitmaps=BITMAPS)]
-    with Pair(disks, workdir, src_flavour, dst_flavour) as p:
+    with Pair(layout, disks, workdir, src_flavour, dst_flavour) as p:
         p.src.add_bitmaps()
         spread_writes(p.src, "disk0", size)
         before = p.src.all_sha256()
@@ -219,25 +228,24 @@ def start_in_bulk_phase(p: Pair, bandwidth: int) -> dict:
     return before
 
 
-def test_postcopy_with_live_bitmaps(workdir):
+def test_postcopy_with_live_bitmaps(layout, workdir):
     """Switching to postcopy after a live bulk phase still delivers every
     bitmap exactly as it was at the switch."""
     disks = [Disk("disk0", TiB, bitmaps=BITMAPS)]
-    with Pair(disks, workdir) as p:
+    with Pair(layout, disks, workdir) as p:
         before = start_in_bulk_phase(p, 128 * KiB)
         p.src.cmd("migrate-start-postcopy")
         migration.wait(p.src, ("completed",), 60)
         migration.wait_destination_running(p.dst)
-        deadline = time.monotonic() + 30
-        while any(b["busy"] for b in p.dst.bitmaps().values()):
-            assert time.monotonic() < deadline, "bitmaps still busy"
-            time.sleep(0.05)
+        until(p.dst.bitmaps,
+              lambda bms: not any(b["busy"] for b in bms.values()), 30,
+              "destination bitmaps to stop being busy")
         assert p.dst.all_sha256() == before
 
 
-def test_cancelled_live_migration_leaves_source_bitmaps_intact(workdir):
+def test_cancelled_live_migration_leaves_source_bitmaps_intact(layout, workdir):
     disks = [Disk("disk0", TiB, bitmaps=BITMAPS)]
-    with Pair(disks, workdir) as p:
+    with Pair(layout, disks, workdir) as p:
         before = start_in_bulk_phase(p, 64 * KiB)
         p.src.cmd("migrate_cancel")
         migration.wait(p.src, ("cancelled",), 30)

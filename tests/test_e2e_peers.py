@@ -10,30 +10,23 @@ machine type is 7.2's, which both ends know.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from pyqemu import deps, guest, migration
-from pyqemu.build import binary as built_binary
-from pyqemu.vm import VM, Bitmap, Disk
+from pyqemu.build import deps
+from pyqemu.build.driver import binary as built_binary
+from pyqemu.machine import guest, migration
+from pyqemu.machine.vm import VM, Bitmap, Disk
+from pyqemu.paths import Layout
+from pyqemu.util.units import KiB, MiB, TiB
 
-KiB, MiB, TiB = 1 << 10, 1 << 20, 1 << 40
 MACHINE = "pc-i440fx-7.2"
 BITMAPS = (Bitmap("bm-4k", 4 * KiB), Bitmap("bm-64k", 64 * KiB))
 #: Debian's package for the 7.2 peer, and where it puts the emulator
 PACKAGE = "qemu-system-x86"
 DEBIAN_QEMU = Path("/usr/bin/qemu-system-x86_64")
-
-
-@pytest.fixture
-def workdir():
-    d = Path(tempfile.mkdtemp(prefix="pq-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +39,21 @@ def qemu72() -> Path:
     return DEBIAN_QEMU
 
 
-def binaries(peer: str, qemu72: Path) -> Path:
+def peer_binary(layout: Layout, peer: str, qemu72: Path) -> Path:
     return qemu72 if peer == "debian-7.2" else \
-        built_binary("qemu-system-x86_64", "stock")
+        built_binary(layout, "qemu-system-x86_64", "stock")
 
 
-def vms(workdir: Path, src_bin: Path, dst_bin: Path) -> tuple[VM, VM]:
+def vms(layout: Layout, workdir: Path, src_bin: Path,
+        dst_bin: Path) -> tuple[VM, VM]:
     disks = [Disk("disk0", TiB, bitmaps=BITMAPS,
                   device="ide-hd,bus=ide.0,unit=1")]
-    src = VM("src", disks, workdir=workdir, machine=MACHINE, binary=src_bin,
-             boot=guest.boot_disk(workdir, "src"))
+    src = VM(layout, "src", disks, workdir=workdir, machine=MACHINE,
+             binary=src_bin, boot=guest.boot_disk(layout, workdir, "src"))
     # -S: compare the bitmaps before the guest runs on the destination
-    dst = VM("dst", disks, workdir=workdir, machine=MACHINE, binary=dst_bin,
-             boot=guest.boot_disk(workdir, "dst"), incoming=True,
-             extra_args=("-S",))
+    dst = VM(layout, "dst", disks, workdir=workdir, machine=MACHINE,
+             binary=dst_bin, boot=guest.boot_disk(layout, workdir, "dst"),
+             incoming=True, extra_args=("-S",))
     return src, dst
 
 
@@ -86,19 +80,20 @@ def migrate_while_writing(src: VM, dst: VM, uri: str, live: bool) -> None:
 
 
 @pytest.mark.parametrize("peer", ["debian-7.2", "stock-10.2"])
-def test_live_source_to_older_destination(workdir, qemu72, peer):
-    src, dst = vms(workdir, built_binary("qemu-system-x86_64", "patched"),
-                   binaries(peer, qemu72))
+def test_live_source_to_older_destination(layout, workdir, qemu72, peer):
+    src, dst = vms(layout, workdir,
+                   built_binary(layout, "qemu-system-x86_64", "patched"),
+                   peer_binary(layout, peer, qemu72))
     with src, dst:
         migrate_while_writing(src, dst, f"unix:{workdir}/mig.sock", live=True)
         info = migration.query(src)
         assert info["dirty-bitmaps"]["resent-chunks"] > 0
-        assert src.machine.is_running() and dst.machine.is_running()
+        assert src.is_running() and dst.is_running()
 
 
-def test_older_source_to_patched_destination(workdir, qemu72):
-    src, dst = vms(workdir, qemu72,
-                   built_binary("qemu-system-x86_64", "patched"))
+def test_older_source_to_patched_destination(layout, workdir, qemu72):
+    src, dst = vms(layout, workdir, qemu72,
+                   built_binary(layout, "qemu-system-x86_64", "patched"))
     with src, dst:
         migrate_while_writing(src, dst, f"unix:{workdir}/mig.sock",
                               live=False)
@@ -108,4 +103,4 @@ def test_older_source_to_patched_destination(workdir, qemu72):
         guest.wait_progress(dst.serial_log, 1)
         after = {k: v["count"] for k, v in dst.bitmaps().items()}
         assert all(after[k] >= before[k] for k in before)
-        assert src.machine.is_running() and dst.machine.is_running()
+        assert src.is_running() and dst.is_running()

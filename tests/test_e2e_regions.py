@@ -5,30 +5,21 @@ writes, and the regions form of the migration test."""
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 from qemu.qmp import ExecuteError
 
-from pyqemu import migration
-from pyqemu.hbitmap import HBitmap
-from pyqemu.vm import VM, Bitmap, Disk, Pair
+from pyqemu.machine import migration
+from pyqemu.machine.vm import VM, Bitmap, Disk, Pair
+from pyqemu.shim.hbitmap import HBitmap
+from pyqemu.util.units import GiB, KiB, MiB, TiB
 
-KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 LIVE = {"dirty-bitmaps": True, "dirty-bitmaps-live": True, "events": True}
 
 
-@pytest.fixture
-def workdir():
-    d = Path(tempfile.mkdtemp(prefix="pq-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 @pytest.mark.parametrize("granularity", [4 * KiB, 64 * KiB, 2 * MiB])
-def test_regions_match_the_hbitmap_model(workdir, granularity):
+def test_regions_match_the_hbitmap_model(layout, workdir, patched_lib,
+                                        granularity):
     """Random writes on a disk whose size is not a multiple of the
     granularity; QEMU's regions equal the model's dirty areas, in every
     window too."""
@@ -37,8 +28,8 @@ def test_regions_match_the_hbitmap_model(workdir, granularity):
     writes = [(rng.randrange(0, size - 1), rng.randrange(1, 256 * KiB))
               for _ in range(120)] + [(size - 1, 1), (0, 1)]
     disks = [Disk("disk0", size, bitmaps=(Bitmap("bm", granularity),))]
-    with VM("vm", disks, "patched", workdir) as vm, \
-            HBitmap(size, granularity.bit_length() - 1) as model:
+    with VM(layout, "vm", disks, "patched", workdir) as vm, \
+            HBitmap(size, granularity.bit_length() - 1, patched_lib) as model:
         vm.add_bitmaps()
         for off, n in writes:
             n = min(n, size - off)
@@ -60,9 +51,9 @@ def test_regions_match_the_hbitmap_model(workdir, granularity):
                 list(model.dirty_areas(start, start + length))
 
 
-def test_regions_errors_change_nothing(workdir):
+def test_regions_errors_change_nothing(layout, workdir):
     disks = [Disk("disk0", GiB, bitmaps=(Bitmap("bm", 64 * KiB),))]
-    with VM("vm", disks, "patched", workdir) as vm:
+    with VM(layout, "vm", disks, "patched", workdir) as vm:
         vm.add_bitmaps()
         vm.write("disk0", 0, 4 * KiB)
         before = vm.all_regions()
@@ -85,13 +76,13 @@ def test_regions_errors_change_nothing(workdir):
         assert hmp.splitlines()[1].split() == ["0x0000000000000000", "+0x10000"]
 
 
-def test_regions_equal_after_live_migration(workdir):
+def test_regions_equal_after_live_migration(layout, workdir):
     size = 2 * TiB
     disks = [Disk("disk0", size, bitmaps=(
         Bitmap("bm-64k", 64 * KiB), Bitmap("bm-1m", MiB),
         Bitmap("bm-16k", 16 * KiB)))]
     rng = random.Random(7)
-    with Pair(disks, workdir) as p:
+    with Pair(layout, disks, workdir) as p:
         p.src.add_bitmaps()
         for _ in range(200):
             p.src.write("disk0", rng.randrange(0, size - MiB), rng.randrange(

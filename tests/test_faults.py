@@ -1,4 +1,4 @@
-"""Faults during live bitmap migration (pyqemu/faults.py): a running
+"""Faults during live bitmap migration (pyqemu/checks/faults.py): a running
 writer guest migrated between two network namespaces over a rate-limited
 veth link, broken during the bitmap bulk phase."""
 
@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from pyqemu import faults
+from pyqemu.checks import faults
 
 
 @pytest.mark.parametrize("scenario", faults.SCENARIOS)
-def test_fault_during_bulk_phase_loses_nothing(scenario):
-    r = faults.run(scenario)
+def test_fault_during_bulk_phase_loses_nothing(layout, scenario):
+    r = faults.run(layout, scenario)
     assert r.outcome in ("cancelled", "failed"), r
     assert r.source_running, r
     assert r.bitmaps_intact, r
@@ -19,9 +19,12 @@ def test_fault_during_bulk_phase_loses_nothing(scenario):
     assert r.retry == "completed, bitmaps equal", r
 
 
-def test_postcopy_failure_behaviour_is_unchanged():
-    """The destination dying during bitmap postcopy ends the same way with
-    the series, live or not, as with stock QEMU."""
-    stock = faults.postcopy_failure("stock", live=False)
-    assert faults.postcopy_failure("patched", live=False) == stock
-    assert faults.postcopy_failure("patched", live=True) == stock
+@pytest.mark.parametrize("flavour,live", [("stock", False),
+                                          ("patched", False),
+                                          ("patched", True)])
+def test_postcopy_failure_behaviour_is_unchanged(layout, flavour, live):
+    """The destination dying during bitmap postcopy ends as it does with
+    stock QEMU (pinned: paused postcopy, source stopped), with the series
+    too, live or not."""
+    got = faults.postcopy_failure(layout, flavour, live)
+    assert got == faults.POSTCOPY_FAILURE

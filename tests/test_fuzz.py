@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import pytest
 
-from pyqemu import build, fuzz
+from pyqemu.build.driver import binary
+from pyqemu.checks.fuzz import campaign
 from pyqemu.paths import SANITIZED
 
-REGRESSIONS = sorted(fuzz.REGRESSIONS.glob("*.bin"))
+REGRESSIONS = sorted(campaign.REGRESSIONS.glob("*.bin"))
 
 
-def test_fuzz_small_budget():
-    s = fuzz.run(inputs=200, seed=7)
+def test_fuzz_small_budget(layout):
+    s = campaign.run(layout, inputs=200, seed=7)
     assert s.inputs == 200
     assert not s.findings, "\n".join(f"{w}: {p} {d}" for w, p, d in s.findings)
     # the mutations reach both outcomes: not all rejected up front
@@ -25,8 +26,8 @@ def test_fuzz_small_budget():
 
 
 @pytest.mark.parametrize("stream", REGRESSIONS, ids=lambda p: p.stem)
-def test_regression_input_is_handled(stream):
-    binary = build.binary("qemu-system-x86_64", SANITIZED)
-    outcome = fuzz.replay(binary, stream)
+def test_regression_input_is_handled(layout, stream):
+    qemu = binary(layout, "qemu-system-x86_64", SANITIZED)
+    outcome = campaign.replay(layout, qemu, stream)
     expected = stream.with_suffix(".expect").read_text().split()
     assert outcome.verdict in expected, outcome

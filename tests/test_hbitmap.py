@@ -7,12 +7,13 @@ Each test exercises the real C code and compares it with the Python model
 
 from __future__ import annotations
 
+import ctypes
 import random
 
 import pytest
-
 from hbitmap_model import ModelHBitmap
-from pyqemu.hbitmap import INT64_MAX, HBitmap
+
+from pyqemu.shim.hbitmap import INT64_MAX, HBitmap
 
 L1 = 64
 L2 = L1 * 64
@@ -209,9 +210,9 @@ def test_out_of_range_arguments_raise(make_bitmap):
     with pytest.raises(ValueError):
         hb.next_dirty_area(0, 10, 0)
     with pytest.raises(ValueError):
-        HBitmap(10, 64)
+        make_bitmap(10, 64)
     with pytest.raises(ValueError):
-        HBitmap(-1)
+        make_bitmap(-1)
 
 
 # -- truncate -----------------------------------------------------------------
@@ -454,8 +455,8 @@ def test_sha256_is_of_the_bottom_level(make_bitmap):
 
 # -- ownership ----------------------------------------------------------------
 
-def test_closed_bitmap_refuses_use_and_close_is_idempotent(flavour):
-    with HBitmap(100, flavour=flavour) as hb:
+def test_closed_bitmap_refuses_use_and_close_is_idempotent(lib):
+    with HBitmap(100, 0, lib) as hb:
         hb.set(1, 1)
     with pytest.raises(ValueError, match="closed"):
         hb.count()
@@ -463,10 +464,7 @@ def test_closed_bitmap_refuses_use_and_close_is_idempotent(flavour):
     assert repr(hb) == "<HBitmap closed>"
 
 
-def test_wrong_handle_type_is_a_type_error_not_a_crash(flavour):
-    from pyqemu import ffi
-    lib = ffi.library(flavour)
-    import ctypes
+def test_wrong_handle_type_is_a_type_error_not_a_crash(lib):
     with pytest.raises(ctypes.ArgumentError):
         lib.hbitmap_count(ctypes.c_void_p(1234))
 

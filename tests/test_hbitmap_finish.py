@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyqemu.hbitmap import HBitmap
+from pyqemu.shim.hbitmap import HBitmap
 
 
 def same(a: HBitmap, b: HBitmap) -> None:
@@ -36,8 +36,8 @@ chunk_op = st.tuples(st.sampled_from(["data", "zeroes", "ones"]),
        initial=st.lists(st.tuples(st.integers(0, 39_999),
                                   st.integers(1, 3000)), max_size=5),
        ops=st.lists(chunk_op, min_size=1, max_size=30))
-def test_range_finish_equals_full_finish(flavour, size, gran, initial, ops):
-    with HBitmap(size, gran, flavour) as inc, HBitmap(size, gran, flavour) \
+def test_range_finish_equals_full_finish(lib, size, gran, initial, ops):
+    with HBitmap(size, gran, lib) as inc, HBitmap(size, gran, lib) \
             as full:
         for start, count in initial:          # both start from the same bits
             start %= size

@@ -10,12 +10,12 @@ relies on: a chunk that changed after it was sent is sent again.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hbitmap_model import ModelHBitmap
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hbitmap_model import ModelHBitmap
-from pyqemu import ffi
-from pyqemu.hbitmap import HBitmap
+from pyqemu.shim import ffi
+from pyqemu.shim.hbitmap import HBitmap
 
 
 def changed_chunks(before: int, after: int, g: int, chunk: int) -> set[int]:
@@ -38,13 +38,15 @@ op = st.tuples(st.sampled_from(["set", "reset", "reset_all", "merge",
                st.integers(0, 4095), st.integers(0, 600))
 
 
-@settings(max_examples=200, deadline=None)
+# patched_lib is the same Library object for every example
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(gran=st.integers(0, 3), chunk_log=st.integers(6, 9),
        ops=st.lists(op, min_size=1, max_size=25))
-def test_meta_marks_every_changed_chunk(gran, chunk_log, ops):
+def test_meta_marks_every_changed_chunk(patched_lib, gran, chunk_log, ops):
     size = 4096
     chunk = max(1 << chunk_log, 1 << gran)
-    with HBitmap(size, gran) as hb:
+    with HBitmap(size, gran, patched_lib) as hb:
         meta = hb.create_meta(chunk)
         model = ModelHBitmap(size, gran)
         for name, start, count in ops:
@@ -64,7 +66,7 @@ def test_meta_marks_every_changed_chunk(gran, chunk_log, ops):
                 hb.reset_all()
                 model.reset_all()
             elif name == "merge":
-                with HBitmap(size, gran) as other:
+                with HBitmap(size, gran, patched_lib) as other:
                     other.set(start, count)
                     om = ModelHBitmap(size, gran)
                     om.set(start, count)
@@ -83,14 +85,14 @@ def test_meta_marks_every_changed_chunk(gran, chunk_log, ops):
                 assert not got, f"{name} changed nothing but marked {got}"
 
 
-def test_meta_on_stock_build_is_a_clear_error():
-    lib = ffi.library("stock")
+def test_meta_on_stock_build_is_a_clear_error(layout):
+    lib = ffi.library(layout, "stock")
     with pytest.raises(ffi.MissingSymbolError, match="hbitmap_create_meta"):
         _ = lib.hbitmap_create_meta
 
 
-def test_meta_bitmap_is_owned_by_its_bitmap():
-    hb = HBitmap(1 << 20, 4)
+def test_meta_bitmap_is_owned_by_its_bitmap(patched_lib):
+    hb = HBitmap(1 << 20, 4, patched_lib)
     meta = hb.create_meta(1 << 16)
     with pytest.raises(ValueError, match="already"):
         hb.create_meta(1 << 16)
@@ -102,4 +104,4 @@ def test_meta_bitmap_is_owned_by_its_bitmap():
     with pytest.raises(ValueError, match="closed"):
         meta2.count()
     with pytest.raises(ValueError, match="power of two"):
-        HBitmap(100).create_meta(3)
+        HBitmap(100, 0, patched_lib).create_meta(3)

@@ -9,25 +9,25 @@ Runs on both flavours: the series must not change any of this behaviour.
 from __future__ import annotations
 
 import pytest
+from hbitmap_model import ModelHBitmap
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize,
-                                 invariant, rule)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from hbitmap_model import ModelHBitmap
-from pyqemu.hbitmap import INT64_MAX, HBitmap
+from pyqemu.shim import ffi
+from pyqemu.shim.hbitmap import INT64_MAX, HBitmap
 
 MAX_SIZE = 5000
 
 
-def machine_for(flavour: str) -> type[RuleBasedStateMachine]:
+def machine_for(lib: ffi.Library) -> type[RuleBasedStateMachine]:
     class HBitmapMachine(RuleBasedStateMachine):
         hb: HBitmap
         model: ModelHBitmap
 
         @initialize(size=st.integers(1, MAX_SIZE), gran=st.integers(0, 6))
         def alloc(self, size: int, gran: int) -> None:
-            self.hb = HBitmap(size, gran, flavour=flavour)
+            self.hb = HBitmap(size, gran, lib)
             self.model = ModelHBitmap(size, gran)
 
         def teardown(self) -> None:
@@ -69,7 +69,7 @@ def machine_for(flavour: str) -> type[RuleBasedStateMachine]:
 
         @rule(data=st.data(), gran=st.integers(0, 6))
         def merge(self, data: st.DataObject, gran: int) -> None:
-            with HBitmap(self.model.size, gran, flavour=flavour) as other:
+            with HBitmap(self.model.size, gran, lib) as other:
                 om = ModelHBitmap(self.model.size, gran)
                 for _ in range(data.draw(st.integers(0, 3))):
                     start, count = self._range(data)
@@ -140,8 +140,8 @@ def machine_for(flavour: str) -> type[RuleBasedStateMachine]:
     return HBitmapMachine
 
 
-def test_hbitmap_agrees_with_model(flavour: str) -> None:
-    machine = machine_for(flavour)
+def test_hbitmap_agrees_with_model(lib: ffi.Library) -> None:
+    machine = machine_for(lib)
     machine.TestCase.settings = settings(
         max_examples=200, stateful_step_count=40, deadline=None,
         suppress_health_check=[HealthCheck.too_slow])

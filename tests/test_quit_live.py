@@ -12,36 +12,29 @@ must exit with status 0 and a log free of sanitizer and assertion reports.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from pyqemu import build, migration
-from pyqemu.paths import SANITIZED
-from pyqemu.vm import VM, Bitmap, Disk
+from pyqemu.build.driver import binary
+from pyqemu.machine import migration
+from pyqemu.machine.vm import VM, Bitmap, Disk
+from pyqemu.paths import SANITIZED, Layout
+from pyqemu.util.poll import until
+from pyqemu.util.units import KiB, MiB, TiB
 
-KiB, MiB, TiB = 1 << 10, 1 << 20, 1 << 40
 ROUNDS = 6
 BITMAPS = tuple(Bitmap(f"bm{i}", 64 * KiB) for i in range(8))
 REPORTS = ("AddressSanitizer", "runtime error:", "Assertion", "LeakSanitizer")
 
 
-@pytest.fixture
-def workdir():
-    d = Path(tempfile.mkdtemp(prefix="pq-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def start_live_migration(workdir: Path, n: int) -> tuple[VM, VM]:
+def start_live_migration(layout: Layout, workdir: Path,
+                         n: int) -> tuple[VM, VM]:
     disks = [Disk("disk0", 16 * TiB, bitmaps=BITMAPS)]
-    src = VM(f"src{n}", disks, workdir=workdir,
-             binary=build.binary("qemu-system-x86_64", SANITIZED))
-    dst = VM(f"dst{n}", disks, "patched", workdir, incoming=True)
+    src = VM(layout, f"src{n}", disks, SANITIZED, workdir,
+             binary=binary(layout, "qemu-system-x86_64", SANITIZED))
+    dst = VM(layout, f"dst{n}", disks, "patched", workdir, incoming=True)
     src.launch()
     dst.launch()
     src.add_bitmaps()
@@ -51,26 +44,24 @@ def start_live_migration(workdir: Path, n: int) -> tuple[VM, VM]:
     migration.start(src, dst, uri,
                     {"dirty-bitmaps": True, "dirty-bitmaps-live": True},
                     {"max-bandwidth": 8 * MiB})
-    deadline = time.monotonic() + 60
-    while migration.query(src).get("dirty-bitmaps", {}).get(
-            "transferred", 0) < 64 * KiB:
-        assert time.monotonic() < deadline, "no bitmap data was sent"
-        time.sleep(0.01)
+    until(lambda: migration.query(src).get("dirty-bitmaps", {}).get(
+        "transferred", 0), lambda sent: sent >= 64 * KiB, 60,
+        "bitmap bytes sent")
     return src, dst
 
 
 def assert_clean_exit(vm: VM) -> None:
     vm.machine.wait(timeout=60)
-    log = vm.log()
+    log = vm.machine.get_log() or ""
     assert vm.machine.exitcode() == 0, log[-2000:]
     for report in REPORTS:
         assert report not in log, log[-4000:]
 
 
 @pytest.mark.parametrize("how", ["quit", "sigterm"])
-def test_quit_during_live_bitmap_migration(workdir, how):
+def test_quit_during_live_bitmap_migration(layout, workdir, how):
     for n in range(ROUNDS):
-        src, dst = start_live_migration(workdir, n)
+        src, dst = start_live_migration(layout, workdir, n)
         try:
             if how == "quit":
                 src.machine.qmp("quit")

@@ -4,19 +4,48 @@ parts of ``pyqemu series check``; ``--full`` builds every prefix)."""
 
 from __future__ import annotations
 
-import shutil
+import re
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from pyqemu import series, seriescheck
-from pyqemu.paths import Layout
+from pyqemu.checks import seriescheck
+from pyqemu.tree import series
+
+#: Patches whose context includes hbitmap_set()'s definition in
+#: util/hbitmap.c: the drift below must make each of them fail.
+FAIL_ON_DRIFT = ("0001-", "0008-", "0009-")
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 
-def test_series_is_clean_and_applies():
-    reports, clean = seriescheck.check(quick=True)
+def drifted_clone(stock: Path, tree: Path) -> None:
+    """A clone of the stock tree where util/hbitmap.c changed under the
+    series (hbitmap_set renamed)."""
+    subprocess.run(["git", "clone", "-q", "--shared", str(stock), str(tree)],
+                   check=True)
+    hb = tree / "util" / "hbitmap.c"
+    hb.write_text(hb.read_text().replace("hbitmap_set(", "hbitmap_Set("))
+    subprocess.run([*GIT, "-C", str(tree), "commit", "-qam", "drift"],
+                   check=True)
+
+
+def failing_by_git(tree: Path, patches: list[series.Patch]) -> set[str]:
+    """The oracle, with plain git and none of pyqemu's code: which patches
+    `git am` rejects, applied in order, skipping the rejected ones."""
+    failed = set()
+    for p in patches:
+        res = subprocess.run([*GIT, "-C", str(tree), "am", "-q", "--keep-cr",
+                              str(p.path)], capture_output=True, check=False)
+        if res.returncode != 0:
+            failed.add(p.path.name)
+            subprocess.run([*GIT, "-C", str(tree), "am", "--abort"],
+                           capture_output=True, check=False)
+    return failed
+
+
+def test_series_is_clean_and_applies(layout):
+    reports, clean = seriescheck.check(layout, quick=True)
     assert reports, "patches/ is empty"
     assert clean, "\n".join(r.line() for r in reports)
 
@@ -32,28 +61,44 @@ def test_subject_form(subject, ok):
     assert bool(seriescheck.SUBJECT.match(subject)) == ok
 
 
-def test_failing_patches_are_all_named_with_the_reason():
+def test_failing_patches_are_all_named_with_the_reason(layout, workdir):
     """The rebase aid: against another tree, every failing patch is listed
-    with git's reason, not just the first one."""
-    stock = Layout.default("debian").source("stock")
-    tmp = Path(tempfile.mkdtemp(prefix="pq-series-"))
-    try:
-        tree = tmp / "tree"
-        subprocess.run(["git", "clone", "-q", "--shared", str(stock),
-                        str(tree)], check=True)
-        patches = series.patches()
-        # a tree where util/hbitmap.c changed under the series
-        hb = tree / "util" / "hbitmap.c"
-        hb.write_text(hb.read_text().replace("hbitmap_set(", "hbitmap_Set("))
-        subprocess.run(["git", "-C", str(tree), "-c", "user.name=t", "-c",
-                        "user.email=t@t", "commit", "-qam", "drift"],
-                       check=True)
-        with pytest.raises(series.SeriesError) as e:
-            series.apply_series(tree, patches)
-        message = str(e.value)
-        assert patches[0].path.name in message
-        assert "does not apply" in message and "hbitmap.c" in message
-        # later patches were tried too: the block layer one applies
-        assert patches[1].path.name not in message
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with git's reason, not just the first one -- and no patch that applies
+    is blamed."""
+    stock = layout.source("stock")
+    patches = series.patches()
+    drifted_clone(stock, workdir / "oracle")
+    expected = failing_by_git(workdir / "oracle", patches)
+    for prefix in FAIL_ON_DRIFT:
+        assert any(name.startswith(prefix) for name in expected), \
+            f"the drift does not break {prefix}*: the test lost its point"
+
+    drifted_clone(stock, workdir / "tree")
+    with pytest.raises(series.SeriesError) as e:
+        series.apply_series(workdir / "tree", patches)
+    lines = str(e.value).splitlines()
+    named = {re.search(r" (\S+\.patch) ", ln).group(1) for ln in lines}
+    assert named == expected, lines
+    for ln in lines:
+        assert "does not apply" in ln and "error: " in ln, ln
+        if ln.split()[2].startswith(FAIL_ON_DRIFT):
+            assert "hbitmap.c" in ln, ln
+
+
+def test_checkpatch_that_cannot_run_is_a_failure(workdir):
+    """A checkpatch that dies is not a clean patch."""
+    scripts = workdir / "scripts"
+    scripts.mkdir()
+    (scripts / "checkpatch.pl").write_text("die 'broken checkpatch';\n")
+    patch = series.patches()[0].path
+    problems = seriescheck.checkpatch(workdir, patch)
+    assert problems and "broken checkpatch" in problems[0], problems
+
+
+def test_checkpatch_findings_are_reported(workdir):
+    scripts = workdir / "scripts"
+    scripts.mkdir()
+    (scripts / "checkpatch.pl").write_text(
+        'print "WARNING: line too long\\n"; exit 1;\n')
+    problems = seriescheck.checkpatch(workdir, Path("x.patch"))
+    assert problems == ["checkpatch WARNING: line too long"]

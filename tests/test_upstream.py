@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from pyqemu import upstream
+from pyqemu.checks import upstream
 
 ALL_IOTESTS = upstream.BITMAP_IOTESTS + upstream.SERIES_IOTESTS
 
 
 @pytest.fixture(scope="session")
-def iotest_results():
-    return upstream.run_iotests("patched", ALL_IOTESTS)
+def iotest_results(layout):
+    return upstream.run_iotests(layout, "patched", ALL_IOTESTS)
 
 
 @pytest.mark.parametrize("test", ALL_IOTESTS)
@@ -35,8 +35,8 @@ def test_iotest_passes_on_patched_tree(iotest_results, test):
 
 
 @pytest.mark.parametrize("flavour,minimum", [("stock", 40), ("patched", 51)])
-def test_unit_test_hbitmap(flavour, minimum):
+def test_unit_test_hbitmap(layout, flavour, minimum):
     """QEMU's tests/unit/test-hbitmap; the series adds the meta tests."""
-    ok, bad, out = upstream.run_unit_test(flavour)
-    assert bad == 0, out[-3000:]
-    assert ok >= minimum, out[-3000:]
+    t = upstream.run_unit_test(layout, flavour)
+    assert t.failed == 0, t.output[-3000:]
+    assert t.passed >= minimum, t.output[-3000:]

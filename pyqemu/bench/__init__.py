@@ -9,15 +9,14 @@ PNG).
 
 from __future__ import annotations
 
-import argparse
+from ..build.driver import build
+from ..paths import Layout
 
-from .. import build as buildmod
 
-
-def main(args: argparse.Namespace) -> int:
-    buildmod.build()
-    if args.what == "migrate":
+def main(layout: Layout, what: str, quick: bool) -> int:
+    build(layout)
+    if what == "migrate":
         from . import migrate
-        return migrate.main(quick=args.quick)
+        return migrate.main(layout, quick=quick)
     from . import hbitmap
-    return hbitmap.main(quick=args.quick)
+    return hbitmap.main(layout, quick=quick)

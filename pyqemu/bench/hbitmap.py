@@ -13,59 +13,61 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from .. import deps
+from ..build import deps
+from ..errors import CommandError
 from ..paths import Layout
-from .report import markdown_table, save
+from ..report.table import markdown_table
+from ..util.proc import run
+from .results import save
 
 SET_CALLS = 1_000_000
 
 
-def bench_binary(flavour: str) -> Path:
-    return Layout.default().project_build(flavour) / "plugin" / "hbitmap-bench"
+def bench_binary(layout: Layout, flavour: str) -> Path:
+    return layout.project_build(flavour) / "plugin" / "hbitmap-bench"
 
 
-def instructions_per_set(flavour: str, pattern: str, meta: bool) -> float | None:
-    """callgrind's count of instructions inside hbitmap_set(), per call."""
-    out = Path(tempfile.mkdtemp(prefix="pq-cg-")) / "cg.out"
-    try:
-        res = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--toggle-collect=hbitmap_set",
-             f"--callgrind-out-file={out}", str(bench_binary(flavour)), "set",
-             pattern, str(int(meta)), str(SET_CALLS)],
-            capture_output=True, text=True, check=False)
-        if res.returncode != 0 or "error" in res.stdout:
-            return None
+def instructions_per_set(layout: Layout, flavour: str, pattern: str,
+                         meta: bool) -> float | None:
+    """callgrind's count of instructions inside hbitmap_set(), per call
+    (None if this build cannot do it: stock has no meta bitmaps)."""
+    with tempfile.TemporaryDirectory(prefix="pq-cg-") as tmp:
+        out = Path(tmp) / "cg.out"
+        try:
+            run(["valgrind", "--tool=callgrind", "--toggle-collect=hbitmap_set",
+                 f"--callgrind-out-file={out}", bench_binary(layout, flavour),
+                 "set", pattern, str(int(meta)), str(SET_CALLS)],
+                what=f"valgrind on hbitmap-bench ({flavour})")
+        except CommandError:
+            if meta and flavour == "stock":
+                return None
+            raise
         m = re.search(r"^summary: (\d+)", out.read_text(), re.M)
         return int(m.group(1)) / SET_CALLS if m else None
-    finally:
-        shutil.rmtree(out.parent, ignore_errors=True)
 
 
-def serial_speeds(flavour: str, mib: int, chunk_kib: int,
+def serial_speeds(layout: Layout, flavour: str, mib: int, chunk_kib: int,
                   ops: str | None = None) -> dict[str, dict]:
-    cmd = [str(bench_binary(flavour)), "serial", str(mib), str(chunk_kib)]
+    cmd: list[str | Path] = [bench_binary(layout, flavour), "serial", str(mib),
+                             str(chunk_kib)]
     if ops:
         cmd.append(ops)
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    res = run(cmd, what=f"hbitmap-bench serial ({flavour})")
     rows = [json.loads(line) for line in res.stdout.splitlines() if line]
-    if res.returncode != 0:
-        raise RuntimeError(f"hbitmap-bench failed: {res.stdout}{res.stderr}")
     return {r["op"]: r for r in rows}
 
 
-def meta_overhead() -> tuple[str, list[dict]]:
+def meta_overhead(layout: Layout) -> tuple[str, list[dict]]:
     rows, data = [], []
     for pattern, what in (("new", "sets a clear bit"),
                           ("seq", "sets consecutive granules"),
                           ("same", "re-sets a set bit")):
-        stock = instructions_per_set("stock", pattern, False)
-        plain = instructions_per_set("patched", pattern, False)
-        meta = instructions_per_set("patched", pattern, True)
+        stock = instructions_per_set(layout, "stock", pattern, False)
+        plain = instructions_per_set(layout, "patched", pattern, False)
+        meta = instructions_per_set(layout, "patched", pattern, True)
         ratio = meta / plain - 1 if meta and plain else None
         data.append({"pattern": pattern, "stock": stock, "patched": plain,
                      "patched_meta": meta, "meta_overhead": ratio})
@@ -81,16 +83,16 @@ def meta_overhead() -> tuple[str, list[dict]]:
     return md, data
 
 
-def serial_table(quick: bool) -> tuple[str, list[dict]]:
+def serial_table(layout: Layout, quick: bool) -> tuple[str, list[dict]]:
     mib = 32 if quick else 128
     rows, data = [], []
     for flavour in ("stock", "patched"):
         # Stock finishes the whole bitmap on every finish=true chunk: that
         # is quadratic, so its chunked run uses a small bitmap.
-        r = serial_speeds(flavour, mib, 1,
+        r = serial_speeds(layout, flavour, mib, 1,
                           "memcpy,serialize_part,deserialize_part,"
                           "deserialize_finish")
-        chunked = serial_speeds(flavour, mib if flavour == "patched" else 1,
+        chunked = serial_speeds(layout, flavour, mib if flavour == "patched" else 1,
                                 1, "memcpy,deserialize_chunked_nofinish,"
                                    "deserialize_chunked_finish")
         memcpy = r["memcpy"]["gib_per_s"]
@@ -129,16 +131,16 @@ def serial_table(quick: bool) -> tuple[str, list[dict]]:
     return md, data
 
 
-def main(quick: bool = False) -> int:
+def main(layout: Layout, quick: bool = False) -> int:
     deps.ensure(deps.TEST)
-    meta_md, meta_data = meta_overhead()
-    serial_md, serial_data = serial_table(quick)
+    meta_md, meta_data = meta_overhead(layout)
+    serial_md, serial_data = serial_table(layout, quick)
     md = ("hbitmap_set, 1 TiB bitmap at 64 KiB granularity, meta bitmap with "
           f"one bit per 1 KiB migration chunk, {SET_CALLS} calls "
           "(callgrind instruction counts):\n\n" + meta_md +
           "\n\nSerialization of a bitmap with every third bit set, best of 5"
           " (memcpy measured in the same run):\n\n" + serial_md)
-    d = save("hbitmap", md, {"meta": meta_data, "serial": serial_data})
+    d = save(layout, "hbitmap", md, {"meta": meta_data, "serial": serial_data})
     print(md)
     print(f"\n(written to {d}/results.md and results.json)")
     return 0

@@ -17,18 +17,18 @@ size, and how much of it fell into the downtime.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import migration
 from ..log import info
-from ..vm import Bitmap, Disk, Pair
-from .report import fmt_bytes, fmt_size, markdown_table, save
-
-KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+from ..machine import migration
+from ..machine.vm import Bitmap, Disk, Pair
+from ..paths import Layout
+from ..report.table import markdown_table
+from ..util.units import GiB, KiB, MiB, TiB, fmt_bytes, fmt_size
+from .results import save
 
 GRANULARITY = 64 * KiB
 PARAMS = {"max-bandwidth": 100 * MiB, "downtime-limit": 300}
@@ -43,7 +43,7 @@ MAX_WRITES = 16384
 #: Limits generous enough that stock converges too, so that its downtime
 #: can be set against the bitmap size: everything it sends (and the
 #: destination finishes) lands in the downtime.
-GENEROUS = {"max-bandwidth": 1 << 30, "avail-switchover-bandwidth": 1 << 30,
+GENEROUS = {"max-bandwidth": GiB, "avail-switchover-bandwidth": GiB,
             "downtime-limit": 20_000}
 
 CAPS = {
@@ -83,7 +83,8 @@ def dirty(pair: Pair, size: int) -> None:
                        GRANULARITY, GRANULARITY)
 
 
-def run_case(flavour: str, size: int, count: int, workdir: Path,
+def run_case(layout: Layout, flavour: str, size: int, count: int,
+             workdir: Path,
              baseline: bool = False,
              params: dict | None = None) -> migration.MigrationResult:
     bitmaps = () if baseline else tuple(
@@ -91,7 +92,7 @@ def run_case(flavour: str, size: int, count: int, workdir: Path,
     disks = [Disk("disk0", size, bitmaps=bitmaps)]
     d = workdir / f"{flavour}-{size}-{count}-{int(baseline)}-{int(bool(params))}"
     d.mkdir()
-    with Pair(disks, d, flavour, flavour) as pair:
+    with Pair(layout, disks, d, flavour, flavour) as pair:
         pair.src.add_bitmaps()
         dirty(pair, size)
         before = pair.src.all_sha256()
@@ -104,20 +105,21 @@ def run_case(flavour: str, size: int, count: int, workdir: Path,
     return res
 
 
-def sweep(sizes: list[int], counts: list[int]) -> list[Case]:
-    workdir = Path(tempfile.mkdtemp(prefix="pq-bench-", dir="/tmp"))
+def sweep(layout: Layout, sizes: list[int], counts: list[int]) -> list[Case]:
     cases = []
-    try:
+    with tempfile.TemporaryDirectory(prefix="pq-bench-", dir="/tmp") as tmp:
+        workdir = Path(tmp)
         for size in sizes:
             baselines = {}
             for flavour in ("stock", "patched"):
-                base = run_case(flavour, size, 0, workdir, baseline=True)
+                base = run_case(layout, flavour, size, 0, workdir,
+                                baseline=True)
                 baselines[flavour] = base.downtime_ms
             for count in counts:
                 for flavour in ("stock", "patched"):
                     info(f"bench: {flavour}, {fmt_size(size)}, "
                          f"{count} bitmap(s)")
-                    res = run_case(flavour, size, count, workdir)
+                    res = run_case(layout, flavour, size, count, workdir)
                     bm = res.bitmaps_info or {}
                     cases.append(Case(
                         flavour, size, count, res.converged, res.total_ms,
@@ -125,8 +127,6 @@ def sweep(sizes: list[int], counts: list[int]) -> list[Case]:
                         serialized_size(size, count),
                         bm.get("transferred"), bm.get("downtime-transferred"),
                         bm.get("resent-chunks"), res.info.get("_equal")))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return cases
 
 
@@ -140,21 +140,21 @@ class DowntimePoint:
     downtime_ms: int | None
 
 
-def downtime_sweep(sizes: list[int], count: int) -> list[DowntimePoint]:
+def downtime_sweep(layout: Layout, sizes: list[int],
+                   count: int) -> list[DowntimePoint]:
     """Downtime against total bitmap size, with limits both builds meet."""
-    workdir = Path(tempfile.mkdtemp(prefix="pq-bench-", dir="/tmp"))
     points = []
-    try:
+    with tempfile.TemporaryDirectory(prefix="pq-bench-", dir="/tmp") as tmp:
+        workdir = Path(tmp)
         for size in sizes:
             for flavour in ("stock", "patched"):
                 info(f"bench: generous limits, {flavour}, {fmt_size(size)}, "
                      f"{count} bitmaps")
-                res = run_case(flavour, size, count, workdir, params=GENEROUS)
+                res = run_case(layout, flavour, size, count, workdir,
+                               params=GENEROUS)
                 points.append(DowntimePoint(
                     flavour, size, count, serialized_size(size, count),
                     res.converged, res.downtime_ms))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return points
 
 
@@ -252,13 +252,13 @@ def plot(cases: list[Case], points: list[DowntimePoint], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(quick: bool = False) -> int:
+def main(layout: Layout, quick: bool = False) -> int:
     sizes = [64 * GiB, TiB, 16 * TiB] if quick else \
         [64 * GiB, 256 * GiB, TiB, 4 * TiB, 16 * TiB]
     counts = [1] if quick else [1, 8]
     start = time.monotonic()
-    cases = sweep(sizes, counts)
-    points = downtime_sweep(sizes[-3:], 8)
+    cases = sweep(layout, sizes, counts)
+    points = downtime_sweep(layout, sizes[-3:], 8)
     md = (f"Migration of 64 KiB-granularity bitmaps with a write in every "
           f"1 KiB chunk (at most {MAX_WRITES} writes), max-bandwidth "
           f"{PARAMS['max-bandwidth'] // MiB} MiB/s,"
@@ -270,7 +270,7 @@ def main(quick: bool = False) -> int:
           "downtime-limit 20 s): stock sends every bitmap, and the "
           "destination finishes it, inside the downtime.\n\n" +
           downtime_table(points))
-    d = save("migrate", md, [asdict(c) for c in cases])
+    d = save(layout, "migrate", md, [asdict(c) for c in cases])
     (d / "downtime.json").write_text(json.dumps([asdict(p) for p in points],
                                                 indent=1))
     plot(cases, points, d / "migrate.png")

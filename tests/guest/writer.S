@@ -11,7 +11,7 @@
  * disk the guest writes.  LBAs stay below 2^32 sectors (2 TiB).
  *
  * Real mode, 16-bit code, one 512-byte boot sector; built with the
- * machine's gcc and ld (see pyqemu/guest.py).
+ * machine's gcc and ld (see pyqemu/machine/guest.py).
  */
 
 #ifndef STRIDE

@@ -1,0 +1,312 @@
+"""Faults during live bitmap migration: ``pyqemu check faults``.
+
+Every scenario migrates a running writer guest (tests/guest/writer.S)
+between two network namespaces over a rate-limited veth link, and breaks
+the migration during the bitmap bulk phase: ``migrate_cancel``, the
+destination killed, the link cut.  Then it checks what a user relies on:
+
+* the source VM still runs, and its guest still writes;
+* every migrated bitmap is bit-identical to what it would be without the
+  migration attempt.  "What it would be" is observed, not guessed: each
+  migrated bitmap ``bm-*`` has a twin ``ref-*`` created in the same
+  transaction and left out of the migration (``block-bitmap-mapping``),
+  which saw exactly the same guest writes;
+* the destination, if it survived, has no half-made bitmaps;
+* a retry to a fresh destination completes, with destination bitmaps
+  equal to the source's at the switchover.
+
+The cut link is detected by the kernel, not by the harness: the
+namespaces retransmit only a few times (:mod:`pyqemu.machine.netns`) and
+both migration sockets have TCP keep-alive, so QEMU sees the error and
+fails the migration on its own.
+
+The pytest suite runs the same functions and asserts on the results;
+``pyqemu check faults`` prints them (:func:`main`).
+"""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..build.driver import build
+from ..machine import guest, migration
+from ..machine.netns import Link
+from ..machine.vm import VM, Disk
+from ..paths import Layout
+from ..report.table import markdown_table
+from ..util.poll import until
+from ..util.units import GiB, KiB, MiB, TiB
+
+GRANULARITIES = {"4k": 4 * KiB, "64k": 64 * KiB, "1m": MiB}
+DISK = 1 * TiB
+PORT = 4444
+SCENARIOS = ("cancel", "kill-destination", "cut-link")
+#: How a stock QEMU ends when the destination dies during bitmap
+#: postcopy: migration_detect_error() pauses a postcopy whose stream
+#: breaks (waiting for a recovery), and the source VM, stopped at the
+#: switch to postcopy, stays stopped.  The series must not change it.
+POSTCOPY_FAILURE = ("postcopy-paused", "finish-migrate")
+#: TCP keep-alive on the migration sockets: the destination only reads,
+#: so without it a dead link leaves it waiting for ever.
+KEEPALIVE = {"keep-alive": True, "keep-alive-idle": 1,
+             "keep-alive-interval": 1, "keep-alive-count": 3}
+
+
+@dataclass
+class FaultResult:
+    scenario: str
+    outcome: str              # how the broken migration ended
+    source_running: bool      # source VM running, guest still writing
+    bitmaps_intact: bool      # every bm-* equals its ref-* twin
+    destination: str          # what is left on the destination
+    retry: str                # how the retry went
+    ok: bool
+
+
+def _disks() -> list[Disk]:
+    return [Disk("disk0", DISK, device="ide-hd,bus=ide.0,unit=1")]
+
+
+def _mapping() -> list[dict]:
+    """Migrate the bm-* bitmaps only: the ref-* twins stay behind."""
+    return [{"node-name": "disk0", "alias": "disk0",
+             "bitmaps": [{"name": f"bm-{g}", "alias": f"bm-{g}"}
+                         for g in GRANULARITIES]}]
+
+
+def _caps(live: bool = True) -> dict[str, bool]:
+    caps = {"dirty-bitmaps": True, "events": True}
+    if live:
+        caps["dirty-bitmaps-live"] = True
+    return caps
+
+
+def _add_twin_bitmaps(src: VM) -> None:
+    """bm-X and ref-X, created atomically so they see the same writes."""
+    actions = []
+    for g, gran in GRANULARITIES.items():
+        for prefix in ("bm", "ref"):
+            actions.append({"type": "block-dirty-bitmap-add", "data": {
+                "node": "disk0", "name": f"{prefix}-{g}",
+                "granularity": gran}})
+    src.cmd("transaction", actions=actions)
+
+
+def twins_equal(src: VM) -> bool:
+    """Stop the guest, compare every bm-X with ref-X, let it go on."""
+    src.cmd("stop")
+    try:
+        return all(src.sha256("disk0", f"bm-{g}") ==
+                   src.sha256("disk0", f"ref-{g}") for g in GRANULARITIES)
+    finally:
+        src.cmd("cont")
+
+
+def _channels(link: Link) -> list[dict]:
+    """The destination's address, as a migration channel with keep-alive."""
+    return [{"channel-type": "main", "addr": {
+        "transport": "socket", "type": "inet", "host": link.addr["b"],
+        "port": str(PORT), **KEEPALIVE}}]
+
+
+def _destination(layout: Layout, link: Link, workdir: Path, name: str) -> VM:
+    """A paused destination listening on the link; never leaked, even if
+    its set-up fails half-way."""
+    dst = VM(layout, name, _disks(), "patched", workdir, incoming=True,
+             boot=guest.boot_disk(layout, workdir, name),
+             wrapper=link.wrapper("b"), extra_args=("-S",))
+    dst.launch()
+    try:
+        migration.set_capabilities(dst, _caps(live=False))
+        migration.set_parameters(dst, {"block-bitmap-mapping": _mapping()})
+        dst.cmd("migrate-incoming", channels=_channels(link),
+                **{"exit-on-error": False})
+    except BaseException:
+        dst.shutdown()
+        raise
+    return dst
+
+
+def _start(src: VM, link: Link, bandwidth: int) -> None:
+    migration.set_capabilities(src, dict(_caps(),
+                                         **{"pause-before-switchover": True}))
+    migration.set_parameters(src, {"block-bitmap-mapping": _mapping(),
+                                   "max-bandwidth": bandwidth,
+                                   "downtime-limit": 300})
+    src.cmd("migrate", channels=_channels(link))
+
+
+def _wait_bulk_phase(src: VM) -> None:
+    """Until some bitmap data is out and much is still to go."""
+    until(lambda: migration.query(src).get("dirty-bitmaps", {}),
+          lambda bm: bm.get("transferred", 0) > 64 * KiB and
+          bm.get("remaining", 0) > MiB, 60, "the bitmap bulk phase",
+          interval=0.02)
+
+
+def _killed(dst: VM) -> str:
+    """What is left of a destination this scenario killed: checked, not
+    assumed."""
+    end = dst.kill()
+    if not dst.is_running() and end.code == -signal.SIGKILL:
+        return "process gone"
+    return f"process still there or ended otherwise (exit {end.code})"
+
+
+def _destination_leftovers(dst: VM) -> str:
+    """What a surviving destination holds once its migration failed."""
+    try:
+        migration.wait(dst, ("failed",), 60)
+    except migration.MigrationTimeout as e:
+        return f"migration not failed: {e}"
+    names = [k[1] for k in dst.bitmaps()]
+    return "no bitmaps" if not names else "half-made: " + ", ".join(names)
+
+
+def _complete(src: VM, dst: VM, link: Link) -> str:
+    """A fast migration to *dst*, checked at the switchover."""
+    _start(src, link, GiB)
+    migration.wait(src, ("pre-switchover",), 120)
+    at_switchover = {g: src.sha256("disk0", f"bm-{g}") for g in GRANULARITIES}
+    src.cmd("migrate-continue", state="pre-switchover")
+    migration.wait(src, ("completed",), 60)
+    migration.wait(dst, ("completed",), 60)
+    got = {g: dst.sha256("disk0", f"bm-{g}") for g in GRANULARITIES}
+    if got != at_switchover:
+        return "completed, bitmaps DIFFER"
+    dst.cmd("cont")
+    guest.wait_progress(dst.serial_log, guest.progress(dst.serial_log))
+    return "completed, bitmaps equal"
+
+
+def _retry(layout: Layout, src: VM, link: Link, workdir: Path) -> str:
+    """After the fault: a migration to a fresh destination."""
+    dst = _destination(layout, link, workdir, "dst-retry")
+    try:
+        result = _complete(src, dst, link)
+    except Exception as e:      # reported, not raised: it is a result
+        result = f"failed: {e}"
+    finally:
+        problem = dst.shutdown().problem()
+    return f"destination ended badly: {problem}" if problem else result
+
+
+def _break(scenario: str, src: VM, dst: VM, link: Link) -> tuple[str, str]:
+    """Inject the fault; (how the source's migration ended, what is left
+    on the destination)."""
+    if scenario == "cancel":
+        src.cmd("migrate_cancel")
+    elif scenario == "kill-destination":
+        leftovers = _killed(dst)
+    else:
+        link.cut()      # nobody cancels: QEMU must notice by itself
+    try:
+        info = migration.wait(src, ("cancelled", "failed"), 60)
+        outcome = info["status"]
+    except migration.MigrationTimeout as e:
+        outcome = f"stuck: {e}"
+    if scenario == "cut-link":
+        link.restore()
+    if scenario != "kill-destination":
+        leftovers = _destination_leftovers(dst)
+    return outcome, leftovers
+
+
+def _source_runs(src: VM) -> bool:
+    """The source VM is running and its guest still writes."""
+    before = guest.progress(src.serial_log)
+    if migration.run_state(src) != "running":
+        return False
+    try:
+        guest.wait_progress(src.serial_log, before, 10)
+    except guest.GuestStuck:
+        return False
+    return True
+
+
+def run(layout: Layout, scenario: str,
+        workdir: Path | None = None) -> FaultResult:
+    """One fault scenario, end to end; never raises for the fault itself."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {SCENARIOS}")
+    with tempfile.TemporaryDirectory(prefix="pq-f-", dir="/tmp") as tmp:
+        workdir = workdir or Path(tmp)
+        with Link(rate="100mbit") as link:
+            src = VM(layout, "src", _disks(), "patched", workdir,
+                     boot=guest.boot_disk(layout, workdir, "src"),
+                     wrapper=link.wrapper("a"))
+            with src:
+                _add_twin_bitmaps(src)
+                guest.wait_progress(src.serial_log, 64)
+                dst = _destination(layout, link, workdir, "dst")
+                try:
+                    _start(src, link, 2 * MiB)
+                    _wait_bulk_phase(src)
+                    outcome, leftovers = _break(scenario, src, dst, link)
+                    running = _source_runs(src)
+                    intact = twins_equal(src)
+                finally:
+                    dst_problem = dst.shutdown().problem()
+                if dst_problem:
+                    leftovers = f"destination ended badly: {dst_problem}"
+                retry = _retry(layout, src, link, workdir)
+    ok = (outcome in ("cancelled", "failed") and running and intact and
+          leftovers in ("no bitmaps", "process gone") and
+          retry == "completed, bitmaps equal")
+    return FaultResult(scenario, outcome, running, intact, leftovers,
+                       retry, ok)
+
+
+def postcopy_failure(layout: Layout, flavour: str, live: bool,
+                     workdir: Path | None = None) -> tuple[str, str]:
+    """The destination dies during bitmap postcopy: (migration status,
+    source run state) once the source settles.  Stock ends in
+    POSTCOPY_FAILURE, and the series must not change that."""
+    disks = [Disk("disk0", 4 * TiB)]
+    with tempfile.TemporaryDirectory(prefix="pq-p-", dir="/tmp") as tmp:
+        workdir = workdir or Path(tmp)
+        src = VM(layout, "src", disks, flavour, workdir)
+        dst = VM(layout, "dst", disks, flavour, workdir, incoming=True)
+        with src, dst:
+            src.cmd("block-dirty-bitmap-add", node="disk0", name="bm",
+                    granularity=4 * KiB)
+            for i in range(64):
+                src.write("disk0", i * 64 * GiB, 64 * KiB)
+            migration.start(src, dst, f"unix:{workdir}/m.sock", _caps(live),
+                            {"max-bandwidth": 4 * MiB},
+                            dst_caps=_caps(live=False))
+            migration.wait(src, ("active",), 30)
+            src.cmd("migrate-start-postcopy")
+            migration.wait(src, ("postcopy-active",), 30)
+            dst.kill()
+            info = migration.wait_while(src, "postcopy-active", 30)
+            return info.get("status", "?"), migration.run_state(src)
+
+
+def main(layout: Layout) -> int:
+    """``pyqemu check faults``: every scenario and the postcopy failure on
+    each build, as a table; exit 1 if anything is not as it must be."""
+    build(layout)
+    rows, ok = [], True
+    for scenario in SCENARIOS:
+        r = run(layout, scenario)
+        ok &= r.ok
+        rows.append((r.scenario, r.outcome,
+                     "yes" if r.source_running else "NO",
+                     "yes" if r.bitmaps_intact else "NO", r.destination,
+                     r.retry))
+    for flavour, live in (("stock", False), ("patched", False),
+                          ("patched", True)):
+        got = postcopy_failure(layout, flavour, live)
+        same = got == POSTCOPY_FAILURE
+        ok &= same
+        rows.append((f"postcopy, destination killed ({flavour}"
+                     f"{', live' if live else ''})", "/".join(got), "-", "-",
+                     "-", "as stock must end" if same else
+                     f"DIFFERS from {'/'.join(POSTCOPY_FAILURE)}"))
+    print(markdown_table(("scenario", "outcome", "source running",
+                          "bitmaps intact", "destination", "retry"), rows))
+    return 0 if ok else 1

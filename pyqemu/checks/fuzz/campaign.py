@@ -1,0 +1,93 @@
+"""A fuzz campaign: many mutated inputs, two at a time, findings saved.
+
+Each input has its own random generator (seeded by the campaign seed and
+its index), so any finding can be reproduced on its own; its stream and a
+description are kept under ``<cache>/fuzz-findings/`` so that it can
+become a regression input in tests/fuzz/.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...build.driver import binary, build
+from ...log import info
+from ...paths import REPO, SANITIZED, Layout
+from . import seeds
+from .load import FINDINGS, Outcome, load_retrying
+from .mutate import mutate
+from .stream import Seed
+
+REGRESSIONS = REPO / "tests" / "fuzz"
+
+
+@dataclass
+class Summary:
+    inputs: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    findings: list[tuple[str, Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run(layout: Layout, inputs: int, seed: int = 1, workers: int = 2,
+        save_dir: Path | None = None) -> Summary:
+    """Fuzz *inputs* mutated streams; returns counts and findings."""
+    if inputs < 0:
+        raise ValueError(f"inputs must be >= 0, not {inputs}")
+    build(layout, ("patched", SANITIZED))
+    qemu = binary(layout, "qemu-system-x86_64", SANITIZED)
+    save_dir = save_dir or layout.root / "fuzz-findings"
+    summary = Summary()
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pq-fuzz-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        parsed = [Seed.parse(p.read_bytes())
+                  for p in seeds.capture(layout, root)]
+
+        def one(i: int) -> tuple[int, str, Outcome]:
+            # Each input has its own generator: reproducible on its own,
+            # and no input is kept in memory longer than its run
+            rng = random.Random(f"{seed}-{i}")
+            data, what = mutate(parsed[i % len(parsed)], rng)
+            d = root / f"w{i % (workers * 4)}"
+            d.mkdir(exist_ok=True)
+            path = d / f"in-{i}.bin"
+            path.write_bytes(data)
+            outcome = load_retrying(layout, qemu, path, d)
+            if outcome.verdict in FINDINGS:
+                save_dir.mkdir(parents=True, exist_ok=True)
+                keep = save_dir / f"finding-{seed}-{i}.bin"
+                shutil.copyfile(path, keep)
+                keep.with_suffix(".txt").write_text(
+                    f"{what}\n{outcome.verdict}: {outcome.detail}\n")
+            path.unlink()
+            return i, what, outcome
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                for n, (i, what, outcome) in enumerate(
+                        pool.map(one, range(inputs)), 1):
+                    summary.counts[outcome.verdict] = \
+                        summary.counts.get(outcome.verdict, 0) + 1
+                    if outcome.verdict in FINDINGS:
+                        summary.findings.append(
+                            (what, save_dir / f"finding-{seed}-{i}.bin",
+                             outcome.detail[:300]))
+                    if n % 500 == 0:
+                        info(f"fuzz: {n}/{inputs} inputs, {summary.counts}")
+            summary.inputs = inputs
+        finally:
+            summary.seconds = time.monotonic() - start
+    return summary
+
+
+def replay(layout: Layout, qemu: Path, stream: Path) -> Outcome:
+    """Load one saved input (a regression test)."""
+    with tempfile.TemporaryDirectory(prefix="pq-replay-", dir="/tmp") as d:
+        return load_retrying(layout, qemu, stream, Path(d))

@@ -1,0 +1,138 @@
+"""``pyqemu series check``: what a maintainer checks before reading a line.
+
+For every patch of ``patches/``: QEMU's ``scripts/checkpatch.pl`` (no
+errors, no warnings), a ``Signed-off-by:``, a subject in QEMU's
+``subsystem: summary`` form; then, unless ``--quick``, for every prefix of
+the series: it applies, builds (incrementally, through the shared ccache,
+configured by the build's own configure step) and passes ``test-hbitmap``.
+One line per patch; the exit status says whether the series is clean.
+``--quick`` (checkpatch, metadata, apply) is what CI runs on every
+submission.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..build import deps
+from ..build.steps import ccache_env, configure
+from ..errors import CommandError
+from ..log import info
+from ..paths import Layout
+from ..tree import series, stock
+from ..tree.git import sync_clone
+from ..util.proc import run
+from .upstream import run_tap
+
+SUBJECT = re.compile(r"^\[PATCH[^\]]*\] ([A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*"
+                     r"(?:, ?[A-Za-z0-9_.+/-]+)*): \S")
+#: What the check builds for every prefix of the series.
+TARGETS = ("qemu-system-x86_64", "qemu-img", "qemu-io", "tests/unit/test-hbitmap")
+
+
+@dataclass
+class PatchReport:
+    patch: series.Patch
+    problems: list[str] = field(default_factory=list)
+    build: str = "-"
+
+    def line(self) -> str:
+        status = "ok" if not self.problems else "; ".join(self.problems)
+        return f"{self.patch.path.name}: {status} | build: {self.build}"
+
+
+def checkpatch(tree: Path, patch: Path) -> list[str]:
+    """checkpatch.pl's errors and warnings.
+
+    A checkpatch that fails without saying why, or says anything on
+    stderr, is a problem too: a check that could not run is not a pass.
+    """
+    res = run(["perl", "scripts/checkpatch.pl", "-q", patch], cwd=tree,
+              check=False)
+    found = [f"checkpatch {ln}" for ln in res.stdout.splitlines()
+             if ln.startswith(("ERROR", "WARNING"))]
+    if res.returncode != 0 and not found:
+        found.append(f"checkpatch failed (exit {res.returncode}) without a "
+                     f"finding: {(res.stderr or res.stdout).strip()[-300:]}")
+    elif res.stderr.strip():
+        found.append(f"checkpatch stderr: {res.stderr.strip()[-300:]}")
+    return found
+
+
+def metadata(patch: Path) -> list[str]:
+    text = patch.read_text(errors="replace")
+    problems = []
+    subject = series.subject_line(patch)
+    if not re.search(r"^Signed-off-by: .+ <[^>]+>$", text, re.M):
+        problems.append("no Signed-off-by")
+    if not SUBJECT.match(subject):
+        problems.append(f"subject not 'subsystem: summary': {subject!r}")
+    body = text.split("\n\n", 1)[1].split("\n---\n", 1)[0] if "\n\n" in text \
+        else ""
+    if len([ln for ln in body.splitlines() if ln.strip()]) < 3:
+        problems.append("commit message does not explain the change")
+    return problems
+
+
+def _build_and_test(layout: Layout, build: Path) -> str:
+    start = time.monotonic()
+    try:
+        run(["ninja", "-C", build, *TARGETS], env=ccache_env(layout),
+            what="ninja")
+    except CommandError as e:
+        failed = [ln for ln in e.output.splitlines() if "error" in ln]
+        return "FAILED to build: " + (failed[0] if failed else "see ninja")
+    t = run_tap(build / "tests/unit/test-hbitmap")
+    if not t.ok:
+        return f"builds, test-hbitmap FAILED ({t.passed} passed, " \
+               f"{t.failed} failed)"
+    return f"builds, test-hbitmap {t.passed} ok " \
+           f"({time.monotonic() - start:.0f} s)"
+
+
+def check(layout: Layout, quick: bool = False) -> tuple[list[PatchReport], bool]:
+    deps.ensure(deps.BUILD)
+    base, _ = stock.prepare(layout)
+    reports = [PatchReport(p) for p in series.patches()]
+    for r in reports:
+        r.problems += metadata(r.patch.path)
+        r.problems += checkpatch(base, r.patch.path)
+
+    # A scratch clone of the stock tree at its base, configured exactly
+    # like the patched flavour (so ccache serves it, and changed flags
+    # configure it again).
+    tree = layout.flavour_root("series-check") / "src"
+    build = layout.flavour_root("series-check") / "qemu"
+    sync_clone(base, tree, stock.BASE_TAG, "series-check")
+    if not quick:
+        configure(layout, "patched", tree, build)
+    for i, r in enumerate(reports, 1):
+        try:
+            series.apply_series(tree, [r.patch])
+        except series.SeriesError as e:
+            r.problems.append(str(e))
+            r.build = "not applied"
+            for rest in reports[i:]:
+                rest.build = "not tried (an earlier patch failed)"
+            break
+        if quick:
+            r.build = "applies"
+        else:
+            info(f"series check: building with patches 1-{i}")
+            r.build = _build_and_test(layout, build)
+    clean = all(not r.problems and (r.build == "applies" or
+                                    r.build.startswith("builds, test-hbitmap"))
+                and "FAILED" not in r.build for r in reports)
+    return reports, clean
+
+
+def main(layout: Layout, quick: bool) -> int:
+    reports, clean = check(layout, quick)
+    for r in reports:
+        print(r.line())
+    print(f"series: {len(reports)} patches, "
+          f"{'clean' if clean else 'NOT clean'}")
+    return 0 if clean else 1

@@ -1,0 +1,39 @@
+"""``pyqemu test``: build what the suite needs, then run pytest.
+
+The README's test command.  It installs what it needs (Debian packages,
+both QEMU trees, the shim), so a fresh clone on a fresh machine can run it
+with nothing prepared; on a warm cache the build step is a no-op and
+testing starts within seconds.  The chosen tree reaches the tests as
+pytest's own ``--qemu-src`` option (see tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from ..build import deps
+from ..build.driver import build
+from ..log import info
+from ..paths import REPO, SANITIZED, Layout
+from ..util.proc import die_with_parent
+
+
+def main(layout: Layout, pytest_args: list[str]) -> int:
+    deps.ensure(deps.BUILD + deps.FIRMWARE + deps.TEST)
+    start = time.monotonic()
+    # stock and patched for everything, the sanitized tree for the fuzzer
+    build(layout, ("stock", "patched", SANITIZED))
+    info(f"build step took {time.monotonic() - start:.1f}s; running pytest")
+    extra = list(pytest_args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    cmd = [sys.executable, "-m", "pytest", str(REPO / "tests"),
+           "-o", f"cache_dir={layout.root / 'pytest-cache'}"]
+    if layout.qemu_src is not None:
+        cmd.append(f"--qemu-src={layout.qemu_src}")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([*cmd, *extra], cwd=REPO, env=env, check=False,
+                          preexec_fn=die_with_parent()).returncode

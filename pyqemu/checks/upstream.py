@@ -1,0 +1,98 @@
+"""Run QEMU's own tests (test-hbitmap, iotests) in a built tree.
+
+The series must keep upstream's bitmap tests passing, so the suite runs
+them on the patched tree and reads their verdicts.  iotests are run with
+QEMU's ``check`` script from the build directory, in one invocation (it
+costs about 40 s for all of them), and its per-test lines are parsed.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..paths import Layout
+from ..util.proc import run
+
+#: Upstream's dirty-bitmap related iotests (the foundation issue's list).
+BITMAP_IOTESTS = (
+    "124", "165", "176", "194", "223", "236", "242", "246", "254", "256",
+    "257", "260", "281", "299", "300", "303", "304", "backup-discard-source",
+    "block-status-cache", "image-fleecing", "migrate-bitmaps-postcopy-test",
+    "migrate-bitmaps-test", "nbd-qemu-allocation", "qemu-img-bitmaps",
+    "remove-bitmap-from-backing",
+)
+
+#: iotests the series adds; they exist only in the patched tree.
+SERIES_IOTESTS = ("migrate-bitmaps-pending", "migrate-bitmaps-cancel",
+                  "migrate-bitmaps-size-mismatch",
+                  "migrate-bitmaps-huge-granularity",
+                  "migrate-bitmaps-resize", "migrate-bitmaps-quit",
+                  "qemu-io-inactive-node", "migrate-bitmaps-live",
+                  "dirty-bitmap-regions")
+
+#: Tests that may legitimately not run here, and the reason check gives.
+EXPECTED_NOT_RUN = {
+    "303": "zstd",                      # built without zstd
+    "block-status-cache": "format",     # not for qcow2
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    test: str
+    status: str          # "pass", "fail", "not run"
+    detail: str
+
+
+def run_iotests(layout: Layout, flavour: str, tests: tuple[str, ...],
+                fmt: str = "qcow2",
+                timeout: float = 900) -> tuple[dict[str, Verdict], str]:
+    """Run *tests* with ``check -<fmt>``; return verdicts and the raw log."""
+    iotests_dir = layout.qemu_build(flavour) / "tests" / "qemu-iotests"
+    res = run([sys.executable, iotests_dir / "check", f"-{fmt}", *tests],
+              cwd=iotests_dir, timeout=timeout, check=False)
+    log = res.stdout + res.stderr
+    verdicts: dict[str, Verdict] = {}
+    # A result reads "<name>  pass|fail|not run  [start] [end]  <detail>";
+    # on a non-tty the announcement "<name>  ...  [start]" shares its line.
+    pattern = re.compile(r"(\S+)\s+(pass|fail|not run)\s+\[[^\]]*\]\s*"
+                         r"\[[^\]]*\][ \t]*(.*)$", re.M)
+    for m in pattern.finditer(log):
+        if m.group(1) in tests:
+            verdicts[m.group(1)] = Verdict(m.group(1), m.group(2),
+                                           m.group(3).strip())
+    return verdicts, log
+
+
+@dataclass(frozen=True)
+class TapResult:
+    """The verdict of a GLib unit test binary run with --tap."""
+
+    passed: int
+    failed: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+
+def run_tap(binary: Path, timeout: float = 300) -> TapResult:
+    """Run a GLib test binary with ``--tap`` and count its verdicts; a
+    non-zero exit with no ``not ok`` line (a crash, an abort) counts as
+    one failure."""
+    res = run([binary, "--tap"], timeout=timeout, check=False)
+    ok = len(re.findall(r"^ok \d+", res.stdout, re.M))
+    bad = len(re.findall(r"^not ok \d+", res.stdout, re.M))
+    if res.returncode != 0 and bad == 0:
+        bad = 1
+    return TapResult(ok, bad, res.stdout + res.stderr)
+
+
+def run_unit_test(layout: Layout, flavour: str,
+                  name: str = "test-hbitmap") -> TapResult:
+    """One of QEMU's unit tests in *flavour*'s build."""
+    return run_tap(layout.qemu_build(flavour) / "tests" / "unit" / name)

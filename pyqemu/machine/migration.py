@@ -1,0 +1,168 @@
+"""Running a migration between two VMs and reading what happened.
+
+Waiting is always *polling with a deadline* on ``query-migrate``: the test
+or report then says which state was reached when time ran out, instead of
+hanging or sleeping and hoping.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import PyqemuError
+from ..util.poll import PollTimeout, until
+from ..util.units import KiB, MiB
+from .vm import VM
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class MigrationTimeout(PyqemuError, TimeoutError):
+    """The migration did not reach the wanted state in time."""
+
+
+@dataclass
+class MigrationResult:
+    status: str
+    total_ms: int | None
+    downtime_ms: int | None
+    info: dict                       # the last query-migrate on the source
+    bitmaps_info: dict | None = None  # query-migrate's bitmap statistics
+    error: str | None = None
+
+    @property
+    def converged(self) -> bool:
+        return self.status == "completed"
+
+
+def set_capabilities(vm: VM, caps: dict[str, bool]) -> None:
+    vm.cmd("migrate-set-capabilities",
+           capabilities=[{"capability": k, "state": v} for k, v in caps.items()])
+
+
+def set_parameters(vm: VM, params: dict[str, Any]) -> None:
+    if params:
+        vm.cmd("migrate-set-parameters", **params)
+
+
+def start(src: VM, dst: VM, uri: str, caps: dict[str, bool],
+          params: dict[str, Any] | None = None,
+          dst_caps: dict[str, bool] | None = None) -> None:
+    """Configure both ends and start the migration (non-blocking)."""
+    set_capabilities(dst, caps if dst_caps is None else dst_caps)
+    set_capabilities(src, caps)
+    set_parameters(src, params or {})
+    dst.cmd("migrate-incoming", uri=uri)
+    src.cmd("migrate", uri=uri)
+
+
+def query(vm: VM) -> dict:
+    return vm.cmd("query-migrate")
+
+
+def wait(vm: VM, states: tuple[str, ...], timeout: float,
+         on_poll: Callable[[dict], None] | None = None,
+         interval: float = 0.05) -> dict:
+    """Poll query-migrate until its status is in *states*; return it.
+
+    A terminal status that is not wanted ends the wait at once: the
+    migration cannot get there any more.
+    """
+    def probe() -> dict:
+        info = query(vm)
+        if on_poll:
+            on_poll(info)
+        return info
+
+    def done(info: dict) -> bool:
+        if info.get("status") in states:
+            return True
+        if info.get("status") in TERMINAL:
+            raise MigrationTimeout(
+                f"migration ended '{info['status']}' while waiting for "
+                f"{states}: {info.get('error-desc', '')}")
+        return False
+
+    try:
+        return until(probe, done, timeout, f"waiting for migration {states}",
+                     interval)
+    except PollTimeout as e:
+        raise MigrationTimeout(str(e)) from None
+
+
+def wait_while(vm: VM, status: str, timeout: float) -> dict:
+    """Poll query-migrate until it leaves *status*; the last info either
+    way (leaving it or not is the caller's result to judge)."""
+    try:
+        return until(lambda: query(vm), lambda i: i.get("status") != status,
+                     timeout, f"migration leaving '{status}'")
+    except PollTimeout:
+        return query(vm)
+
+
+def progress_printer(label: str) -> Callable[[dict], None]:
+    """An on_poll callback printing one overwriting progress line."""
+    last = [0.0]
+
+    def show(info: dict) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.5 and info.get("status") not in TERMINAL:
+            return
+        last[0] = now
+        ram = info.get("ram", {})
+        bm = info.get("dirty-bitmaps", {})
+        msg = (f"  {label}: {info.get('status', '?'):<15} "
+               f"ram {ram.get('transferred', 0) / MiB:8.1f} MiB")
+        if bm:
+            msg += (f"  bitmaps {bm.get('transferred', 0) / KiB:9.1f} KiB "
+                    f"sent, {bm.get('remaining', 0) / KiB:9.1f} KiB left")
+        end = "\n" if info.get("status") in TERMINAL else "\r"
+        if sys.stderr.isatty() or end == "\n":
+            print(msg, end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def run(src: VM, dst: VM, uri: str, caps: dict[str, bool],
+        params: dict[str, Any] | None = None, timeout: float = 60,
+        dst_caps: dict[str, bool] | None = None,
+        on_poll: Callable[[dict], None] | None = None) -> MigrationResult:
+    """Migrate and wait for the end (or the deadline, then cancel).
+
+    A migration that does not converge by *timeout* is cancelled and
+    reported with status "timeout": for a benchmark that is a result, not
+    an error.
+    """
+    start(src, dst, uri, caps, params, dst_caps)
+    try:
+        info = wait(src, TERMINAL, timeout, on_poll)
+    except MigrationTimeout:
+        info = query(src)
+        src.cmd("migrate_cancel")
+        try:
+            wait(src, ("cancelled", "failed"), 30)
+        except MigrationTimeout:
+            pass
+        return MigrationResult("timeout", None, None, info,
+                               info.get("dirty-bitmaps"),
+                               f"not converged after {timeout:.0f}s "
+                               f"(status {info.get('status')})")
+    return MigrationResult(info["status"], info.get("total-time"),
+                           info.get("downtime"), info,
+                           info.get("dirty-bitmaps"), info.get("error-desc"))
+
+
+def run_state(vm: VM) -> str:
+    """query-status: "running", "paused", "inmigrate", "postmigrate"..."""
+    return str(vm.cmd("query-status")["status"])
+
+
+def wait_destination_running(dst: VM, timeout: float = 30) -> None:
+    try:
+        until(lambda: run_state(dst), lambda s: s == "running", timeout,
+              f"destination {dst.name} to run")
+    except PollTimeout as e:
+        raise MigrationTimeout(str(e)) from None

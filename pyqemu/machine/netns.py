@@ -1,0 +1,149 @@
+"""Two network namespaces joined by a veth pair, for migrations that cross
+a (rate-limited, cuttable) link instead of a unix socket.
+
+Everything is created with unique names and addresses from a private
+range, and removed on exit, whatever happened: the processes still inside
+the namespaces are killed first, and namespaces left by a pyqemu that
+died (``pq-<pid>-...`` of a pid that is gone) are swept on the next
+start.  Needs root (CI is root).  The kernel has tbf (no netem), so the
+link gets a token-bucket rate limit.
+
+TCP gives up on an unreachable peer only after ``tcp_retries2``
+retransmissions (15 by default: many minutes).  Both namespaces get a
+small value, so that a migration over a cut link fails by itself within
+seconds; the destination, which only reads, needs keep-alive on its
+socket for the same (see :func:`pyqemu.checks.faults`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..build import deps
+from ..errors import PyqemuError
+from ..util.poll import PollTimeout, until
+from ..util.proc import run
+
+NETNS_DIR = Path("/run/netns")
+OURS = re.compile(r"^pq-(\d+)-[0-9a-f]+-[ab]$")
+#: Retransmissions before TCP reports ETIMEDOUT (RTO 200 ms doubling:
+#: about 6 s in all).
+TCP_RETRIES2 = 4
+
+
+class NetnsError(PyqemuError):
+    """The namespaces could not be set up (not root, no iproute2...)."""
+
+
+def _ip(*args: str) -> str:
+    return run(["ip", *args], what=f"ip {' '.join(args[:4])}").stdout
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_inside(ns: str) -> None:
+    """SIGKILL every process in namespace *ns* and wait until none is left."""
+    def pids() -> list[int]:
+        res = run(["ip", "netns", "pids", ns], check=False)
+        return [int(p) for p in res.stdout.split()]
+
+    for pid in pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        until(pids, lambda left: not left, 10, f"processes in {ns} to die")
+    except PollTimeout as e:
+        raise NetnsError(str(e)) from None
+
+
+def remove(ns: str) -> None:
+    kill_inside(ns)
+    run(["ip", "netns", "del", ns], check=False)
+
+
+def sweep_stale() -> list[str]:
+    """Remove the namespaces of pyqemu processes that no longer exist."""
+    swept = []
+    names = sorted(p.name for p in NETNS_DIR.iterdir()) \
+        if NETNS_DIR.is_dir() else []
+    for name in names:
+        m = OURS.match(name)
+        if m and not _pid_alive(int(m.group(1))):
+            remove(name)
+            swept.append(name)
+    return swept
+
+
+@dataclass
+class Link:
+    """Namespaces ``a`` (source side) and ``b`` (destination side)."""
+
+    rate: str | None = "100mbit"
+    tag: str = field(default_factory=lambda: f"{random.randrange(1 << 16):04x}")
+
+    def __post_init__(self) -> None:
+        octet = random.randrange(1, 250)
+        pid = os.getpid()
+        self.ns = {s: f"pq-{pid}-{self.tag}-{s}" for s in "ab"}
+        self.dev = {s: f"pq{self.tag}{s}" for s in "ab"}
+        self.addr = {"a": f"10.251.{octet}.1", "b": f"10.251.{octet}.2"}
+
+    def wrapper(self, side: str) -> tuple[str, ...]:
+        """Prefix that runs a command inside one namespace."""
+        return ("ip", "netns", "exec", self.ns[side])
+
+    def __enter__(self) -> "Link":
+        deps.ensure(("iproute2",))
+        if os.geteuid() != 0:
+            raise NetnsError("network namespaces need root")
+        sweep_stale()
+        try:
+            for side in "ab":
+                _ip("netns", "add", self.ns[side])
+            _ip("link", "add", self.dev["a"], "netns", self.ns["a"], "type",
+                "veth", "peer", "name", self.dev["b"], "netns", self.ns["b"])
+            for side in "ab":
+                ns, dev = self.ns[side], self.dev[side]
+                _ip("-n", ns, "addr", "add", f"{self.addr[side]}/30", "dev",
+                    dev)
+                _ip("-n", ns, "link", "set", "lo", "up")
+                _ip("-n", ns, "link", "set", dev, "up")
+                run([*self.wrapper(side), "sysctl", "-q", "-w",
+                     f"net.ipv4.tcp_retries2={TCP_RETRIES2}"])
+                if self.rate:
+                    run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root",
+                         "tbf", "rate", self.rate, "burst", "64kb",
+                         "latency", "200ms"])
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def cut(self) -> None:
+        """Take the link down on the source side: packets stop flowing."""
+        _ip("-n", self.ns["a"], "link", "set", self.dev["a"], "down")
+
+    def restore(self) -> None:
+        """Bring the link up again and wait until the veth carries."""
+        _ip("-n", self.ns["a"], "link", "set", self.dev["a"], "up")
+        until(lambda: _ip("-n", self.ns["a"], "link", "show", self.dev["a"]),
+              lambda out: "LOWER_UP" in out, 5, f"{self.dev['a']} carrier")
+
+    def __exit__(self, *exc: object) -> None:
+        for side in "ab":
+            remove(self.ns[side])

@@ -1,0 +1,324 @@
+"""Launching QEMU for tests, the demo and benchmarks.
+
+Processes are QEMU's own ``qemu.machine.QEMUMachine`` (from the built
+tree's ``python/``), which talks QMP through PyPI's ``qemu.qmp``.  This
+module only decides *what* to launch: an x86 ``-machine pc`` guest under
+TCG with named block nodes that carry dirty bitmaps.
+
+The disks are ``null-co`` nodes by default: they accept writes and cost no
+storage, so a "16 TiB disk" is a 16 TiB bitmap and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..build.driver import BuildError
+from ..build.driver import binary as built_binary
+from ..errors import PyqemuError
+from ..paths import Layout
+from ..util.proc import deathsig_wrapper
+
+#: What QEMU prints when it dies of a bug rather than of our kill.
+CRASH = re.compile(r"Assertion .* failed|ERROR: AddressSanitizer|"
+                   r"runtime error:|SUMMARY: UndefinedBehaviorSanitizer|"
+                   r"ERROR: LeakSanitizer")
+
+
+# How QEMU ended is judged here (Exit.problem); qemu.machine's own
+# warnings about it (a signal, a QMP socket reset by a QEMU that exited)
+# would only repeat that on stderr, thousands of times in a fuzz campaign.
+logging.getLogger("qemu.machine").setLevel(logging.ERROR)
+
+
+class MachineError(PyqemuError):
+    """A QEMU process ended badly: a signal nobody sent, or a crash
+    report (assertion, sanitizer) in its output."""
+
+
+def _import_machine(layout: Layout) -> Any:
+    """QEMUMachine from the built tree; PyPI's qemu.qmp stays first on the
+    path so that ``qemu.qmp`` is the pinned client, not the tree's copy."""
+    tree_python = layout.source("stock") / "python"
+    if not (tree_python / "qemu" / "machine").is_dir():
+        raise BuildError(f"{tree_python} has no qemu.machine: run "
+                         "'./run build' first")
+    if str(tree_python) not in sys.path:
+        sys.path.append(str(tree_python))
+    from qemu.machine import QEMUMachine  # type: ignore[import-not-found]
+    return QEMUMachine
+
+
+@dataclass(frozen=True)
+class Bitmap:
+    """A dirty bitmap to create on a disk before migrating."""
+
+    name: str
+    granularity: int = 65536
+    persistent: bool = False
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A block node: ``null-co`` of *size* bytes unless *file* is given."""
+
+    node: str
+    size: int
+    file: Path | None = None
+    bitmaps: tuple[Bitmap, ...] = field(default_factory=tuple)
+    #: a guest device for the node, e.g. "ide-hd,bus=ide.0,unit=1"
+    device: str | None = None
+
+    def blockdev(self) -> str:
+        if self.file is None:
+            return (f"driver=null-co,node-name={self.node},size={self.size},"
+                    "read-zeroes=on")
+        return (f"driver=qcow2,node-name={self.node},"
+                f"file.driver=file,file.filename={self.file}")
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a QEMU process ended."""
+
+    code: int | None        # returncode; -N for signal N
+    killed_by_us: bool      # still running when shut down, so we killed it
+    log: str                # its stdout and stderr
+
+    def problem(self) -> str | None:
+        """Why this end is a failure, or None if it is not."""
+        m = CRASH.search(self.log)
+        if m:
+            line = next(ln for ln in self.log.splitlines() if m.group(0) in ln)
+            return f"crash report in QEMU's output: {line.strip()}"
+        if self.code is not None and self.code < 0 and not (
+                self.killed_by_us and self.code == -signal.SIGKILL):
+            return f"QEMU killed by signal {-self.code}"
+        return None
+
+
+class VM:
+    """One QEMU process: a thin owner around QEMUMachine.
+
+    ``with VM(...) as vm`` guarantees the process is gone afterwards, even
+    when a test fails half-way: no leaked QEMU, no leaked sockets.  Before
+    killing it, the exit checks how it ended: a QEMU that died of a signal
+    or printed an assertion failure fails the ``with`` block.
+    """
+
+    def __init__(self, layout: Layout, name: str, disks: list[Disk],
+                 flavour: str = "patched", workdir: Path | None = None,
+                 incoming: bool = False, machine: str = "pc",
+                 memory_mb: int = 64, extra_args: tuple[str, ...] = (),
+                 binary: Path | None = None, boot: Path | None = None,
+                 wrapper: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.flavour = flavour
+        self.disks = disks
+        self.workdir = workdir or layout.work()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        #: what the guest prints on COM1
+        self.serial_log = self.workdir / f"{name}-serial.log"
+        self.serial_log.unlink(missing_ok=True)
+        binary = binary or built_binary(layout, "qemu-system-x86_64", flavour)
+        args = ["-machine", f"{machine},accel=tcg", "-m", str(memory_mb),
+                "-nodefaults", "-no-user-config",
+                "-serial", f"file:{self.serial_log}"]
+        if boot is not None:
+            # A boot sector on the first IDE disk (see pyqemu.machine.guest)
+            args += ["-blockdev", f"driver=file,filename={boot},node-name=boot",
+                     "-device", "ide-hd,drive=boot,bus=ide.0,unit=0,"
+                                "bootindex=0,id=bootdisk"]
+        for i, d in enumerate(disks):
+            args += ["-blockdev", d.blockdev()]
+            if d.device:
+                args += ["-device", f"{d.device},drive={d.node},id=dev{i}"]
+        if incoming:
+            args += ["-incoming", "defer"]
+        args += list(extra_args)
+        QEMUMachine = _import_machine(layout)
+        # QEMU dies with this process (PR_SET_PDEATHSIG), even on SIGKILL
+        self.machine = QEMUMachine(str(binary), args=args, name=name,
+                                   wrapper=deathsig_wrapper() + tuple(wrapper),
+                                   base_temp_dir=str(self.workdir),
+                                   log_dir=str(self.workdir))
+        self.exit: Exit | None = None
+
+    # -- lifetime ----------------------------------------------------------
+
+    def launch(self) -> "VM":
+        self.exit = None
+        self.machine.launch()
+        return self
+
+    def is_running(self) -> bool:
+        return bool(self.machine.is_running())
+
+    def kill(self) -> Exit:
+        """Kill QEMU now (a fault a test injects) and wait for it."""
+        return self.shutdown()
+
+    def shutdown(self) -> Exit:
+        """Stop the process (killing it if it still runs) and record how it
+        ended; a second call returns the first record."""
+        if self.exit is None:
+            was_running = self.machine.is_running()
+            self.machine.shutdown(hard=True)
+            self.exit = Exit(self.machine.exitcode(), was_running,
+                             self.machine.get_log() or "")
+        return self.exit
+
+    def check_exit(self) -> None:
+        """Shut down, and raise MachineError if QEMU ended badly."""
+        problem = self.shutdown().problem()
+        if problem:
+            raise MachineError(f"{self.name} ({self.flavour}): {problem}")
+
+    def __enter__(self) -> "VM":
+        return self.launch()
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.check_exit()
+        else:
+            self.shutdown()     # the exception in flight says more
+
+    # -- QMP ---------------------------------------------------------------
+
+    def cmd(self, command: str, **args: Any) -> Any:
+        """Run a QMP command; qemu.qmp's ExecuteError on failure."""
+        return self.machine.cmd(command, args_dict=args) if args else \
+            self.machine.cmd(command)
+
+    def hmp(self, command_line: str) -> str:
+        return self.cmd("human-monitor-command", **{"command-line": command_line})
+
+    # -- bitmaps -----------------------------------------------------------
+
+    def add_bitmaps(self) -> None:
+        """Create every Bitmap declared on the disks."""
+        for d in self.disks:
+            for b in d.bitmaps:
+                self.cmd("block-dirty-bitmap-add", node=d.node, name=b.name,
+                         granularity=b.granularity, persistent=b.persistent,
+                         disabled=b.disabled)
+
+    def write(self, node: str, offset: int, length: int) -> None:
+        """A write through the block layer (HMP qemu-io): dirties bitmaps."""
+        out = self.hmp(f'qemu-io {node} "write {offset} {length}"')
+        if "error" in out.lower() or "failed" in out.lower():
+            raise RuntimeError(f"qemu-io write {offset}+{length} on {node}: "
+                               f"{out.strip()}")
+
+    def bitmaps(self) -> dict[tuple[str, str], dict]:
+        """(node, bitmap) -> query-named-block-nodes' description."""
+        out = {}
+        for n in self.cmd("query-named-block-nodes", flat=True):
+            for b in n.get("dirty-bitmaps", []):
+                out[(n["node-name"], b["name"])] = b
+        return out
+
+    def sha256(self, node: str, name: str) -> str:
+        return self.cmd("x-debug-block-dirty-bitmap-sha256", node=node,
+                        name=name)["sha256"]
+
+    def all_sha256(self) -> dict[tuple[str, str], str]:
+        return {key: self.sha256(*key) for key in self.bitmaps()}
+
+    def regions(self, node: str, name: str, offset: int = 0,
+                length: int | None = None,
+                max_regions: int = 1024) -> list[tuple[int, int]]:
+        """Every dirty (offset, length) of a bitmap in a window.
+
+        Uses the series' x-debug-block-dirty-bitmap-regions, following its
+        next-offset until the window is exhausted, so the result is whole
+        however many regions there are.
+        """
+        args: dict[str, Any] = {"node": node, "name": name,
+                                "max-regions": max_regions}
+        if length is not None:
+            args["length"] = length
+        end = None if length is None else offset + length
+        out: list[tuple[int, int]] = []
+        while True:
+            args["offset"] = offset
+            if end is not None:
+                args["length"] = end - offset
+            r = self.cmd("x-debug-block-dirty-bitmap-regions", **args)
+            out += [(x["offset"], x["length"]) for x in r["regions"]]
+            if "next-offset" not in r:
+                return out
+            if r["next-offset"] <= offset:
+                raise MachineError(f"x-debug-block-dirty-bitmap-regions on "
+                                   f"{node}/{name}: next-offset "
+                                   f"{r['next-offset']} does not advance "
+                                   f"past {offset}")
+            offset = r["next-offset"]
+
+    def all_regions(self) -> dict[tuple[str, str], list[tuple[int, int]]]:
+        return {key: self.regions(*key) for key in self.bitmaps()}
+
+
+class Pair:
+    """A migration source and a ``-incoming defer`` destination.
+
+    Both get the same disks (node names must match for bitmaps to find
+    their node), each may be a different flavour, and both are stopped on
+    exit whatever happened; a QEMU that ended badly fails the block.
+    """
+
+    def __init__(self, layout: Layout, disks: list[Disk], workdir: Path,
+                 src_flavour: str = "patched", dst_flavour: str = "patched",
+                 dst_disks: list[Disk] | None = None,
+                 extra_args: tuple[str, ...] = (),
+                 boot: tuple[Path, Path] | None = None,
+                 wrappers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+                 uri: str | None = None, dst_paused: bool = False) -> None:
+        self.workdir = workdir
+        self.src = VM(layout, "src", disks, src_flavour, workdir,
+                      extra_args=extra_args, boot=boot[0] if boot else None,
+                      wrapper=wrappers[0])
+        # -S: the destination stays paused after the migration, so that
+        # its state can be compared with the source's before it changes
+        self.dst = VM(layout, "dst", dst_disks if dst_disks is not None else disks,
+                      dst_flavour, workdir, incoming=True,
+                      extra_args=extra_args + (("-S",) if dst_paused else ()),
+                      boot=boot[1] if boot else None,
+                      wrapper=wrappers[1])
+        self.sock = workdir / "migrate.sock"
+        self._uri = uri
+
+    @property
+    def uri(self) -> str:
+        """Where the destination listens: a unix socket unless given."""
+        return self._uri or f"unix:{self.sock}"
+
+    def __enter__(self) -> "Pair":
+        self.sock.unlink(missing_ok=True)
+        self.src.launch()
+        try:
+            self.dst.launch()
+        except BaseException:
+            self.src.shutdown()
+            raise
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        problems = []
+        for vm in (self.dst, self.src):     # both, whatever happens to one
+            try:
+                problem = vm.shutdown().problem()
+            except Exception as e:
+                problem = f"shutdown failed: {type(e).__name__}: {e}"
+            if problem:
+                problems.append(f"{vm.name} ({vm.flavour}): {problem}")
+        self.sock.unlink(missing_ok=True)
+        if problems and exc_type is None:   # else the test's error wins
+            raise MachineError("; ".join(problems))

@@ -1,0 +1,1 @@
+"""What a person reads: the demo's table, the cover letter, tables."""

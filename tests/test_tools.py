@@ -1,0 +1,138 @@
+"""The project's own plumbing, without QEMU: the CLI's flags and error
+boundary, the subprocess and polling helpers, how a QEMU's end is
+judged, and a regions walk that does not advance."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyqemu import cli
+from pyqemu.errors import CommandError
+from pyqemu.machine import netns
+from pyqemu.machine.netns import Link
+from pyqemu.machine.vm import VM, Exit, MachineError
+from pyqemu.paths import PINNED, REPO, layout_for
+from pyqemu.util.poll import PollTimeout, until
+from pyqemu.util.proc import run
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "faults", "--inputs", "5"],
+    ["check", "fuzz", "--inputs", "-1"],
+    ["build", "--all"],
+    ["series", "check", "--reuse"],
+    ["bench", "hbitmap", "--seed", "3"],
+])
+def test_flags_without_meaning_are_rejected(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+
+
+def test_errors_become_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PYQEMU_CACHE", str(tmp_path))
+    assert cli.main(["which", "qemu-img", "--qemu-src", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pyqemu: error: qemu-img (patched) is not built")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_layout_for_qemu_src_gets_its_own_trees(tmp_path):
+    assert layout_for(None).tag == PINNED and layout_for(None).qemu_src is None
+    mine = layout_for(tmp_path)
+    assert mine.tag != PINNED and mine.qemu_src == tmp_path.resolve()
+    assert mine.source("stock") != layout_for(None).source("stock")
+
+
+def test_command_error_carries_command_and_stderr_tail():
+    with pytest.raises(CommandError) as e:
+        run(["sh", "-c", "echo first >&2; echo 'the reason' >&2; exit 3"])
+    assert e.value.returncode == 3 and e.value.cmd[0] == "sh"
+    assert "exit 3" in str(e.value) and "the reason" in str(e.value)
+
+
+def test_until_names_what_it_waited_for_and_the_last_state():
+    with pytest.raises(PollTimeout, match="the answer: still 41"):
+        until(lambda: 41, lambda x: x == 42, 0.1, "the answer", interval=0.01)
+    assert until(lambda: 42, lambda x: x == 42, 1, "the answer") == 42
+
+
+def test_children_die_with_their_parent():
+    """PR_SET_PDEATHSIG through the wrapper: a grandchild whose parent
+    exits is killed, not orphaned."""
+    # The middle process starts `sleep 60` through the wrapper, waits
+    # until it runs, and exits.  (The sleep must not hold our pipe, or
+    # run() would wait for it.)
+    code = ("import subprocess, sys, time\n"
+            "from pyqemu.util.proc import deathsig_wrapper\n"
+            "p = subprocess.Popen([*deathsig_wrapper(), 'sleep', '60'], "
+            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+            "while open(f'/proc/{p.pid}/comm').read().strip() != 'sleep':\n"
+            "    time.sleep(0.01)\n"
+            "print(p.pid, flush=True)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    pid = int(res.stdout)
+
+    def alive() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        # a zombie reparented to init counts as gone
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.split(") ", 1)[1][0] != "Z"
+
+    until(alive, lambda a: not a, 5, f"sleep {pid} to die with its parent")
+
+
+@pytest.mark.parametrize("end,problem", [
+    (Exit(-signal.SIGKILL, True, ""), None),
+    (Exit(0, False, "qemu: terminating on signal 15\n"), None),
+    (Exit(1, False, "load of migration failed: Invalid argument\n"), None),
+    (Exit(-signal.SIGKILL, False, ""), "signal 9"),
+    (Exit(-signal.SIGABRT, False, ""), "signal 6"),
+    (Exit(-signal.SIGKILL, True,
+          "qemu: ../util/hbitmap.c:42: f: Assertion `x' failed.\n"),
+     "Assertion"),
+    (Exit(1, False, "==1==ERROR: AddressSanitizer: heap-use-after-free\n"),
+     "AddressSanitizer"),
+])
+def test_a_qemu_end_is_judged_by_status_and_output(end, problem):
+    got = end.problem()
+    assert (got is None) if problem is None else (problem in (got or ""))
+
+
+def test_regions_walk_that_does_not_advance_raises():
+    vm = VM.__new__(VM)
+    replies = iter([{"regions": [{"offset": 0, "length": 4096}],
+                     "next-offset": 65536},
+                    {"regions": [], "next-offset": 65536}])
+    vm.cmd = lambda command, **args: next(replies)  # type: ignore[method-assign]
+    with pytest.raises(MachineError, match="does not advance"):
+        vm.regions("disk0", "bm")
+
+
+def test_link_exit_kills_what_runs_inside_and_sweeps_stale_namespaces():
+    """Nothing outlives a Link: not the processes in its namespaces, not
+    the namespaces of a pyqemu that died without cleaning up."""
+    stale = f"pq-{2**22 + 1}-beef-a"        # a pid above pid_max: gone
+    run(["ip", "netns", "add", stale])
+    with Link(rate=None) as link:
+        assert not (netns.NETNS_DIR / stale).exists()
+        inside = subprocess.Popen([*link.wrapper("a"), "sleep", "60"],
+                                  stdout=subprocess.DEVNULL)
+        until(lambda: run(["ip", "netns", "pids", link.ns["a"]]).stdout,
+              lambda out: str(inside.pid) in out, 5, "sleep in the namespace")
+    assert inside.wait(timeout=5) == -signal.SIGKILL
+    assert not any((netns.NETNS_DIR / n).exists() for n in link.ns.values())
