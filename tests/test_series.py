@@ -15,7 +15,7 @@ from pyqemu.tree import series
 
 #: Patches whose context includes hbitmap_set()'s definition in
 #: util/hbitmap.c: the drift below must make each of them fail.
-FAIL_ON_DRIFT = ("0001-", "0008-", "0009-")
+FAIL_ON_DRIFT = ("0009-", "0010-", "0014-", "0015-")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 
@@ -83,6 +83,20 @@ def test_failing_patches_are_all_named_with_the_reason(layout, workdir):
         assert "does not apply" in ln and "error: " in ln, ln
         if ln.split()[2].startswith(FAIL_ON_DRIFT):
             assert "hbitmap.c" in ln, ln
+
+
+def test_every_fix_names_its_own_iotest():
+    """series check runs a patch's own iotests on its own prefix: every
+    stand-alone fix (Cc: stable) must bring a regression test -- an iotest,
+    or a unit test in test-hbitmap, which every prefix runs."""
+    for p in series.patches():
+        text = p.path.read_text()
+        if "Cc: qemu-stable@nongnu.org" not in text:
+            continue
+        assert seriescheck.own_iotests(p.path) or \
+            "tests/unit/test-hbitmap.c" in text, p.path.name
+    pending = next(p for p in series.patches() if "pending" in p.path.name)
+    assert seriescheck.own_iotests(pending.path) == ("migrate-bitmaps-pending",)
 
 
 def test_checkpatch_that_cannot_run_is_a_failure(workdir):

@@ -4,7 +4,10 @@ For every patch of ``patches/``: QEMU's ``scripts/checkpatch.pl`` (no
 errors, no warnings), a ``Signed-off-by:``, a subject in QEMU's
 ``subsystem: summary`` form; then, unless ``--quick``, for every prefix of
 the series: it applies, builds (incrementally, through the shared ccache,
-configured by the build's own configure step) and passes ``test-hbitmap``.
+configured by the build's own configure step) and passes ``test-hbitmap``
+and the iotests that the patch itself adds or changes -- so every fix's
+regression test passes on the prefix that ends with the fix, without the
+features that come later.
 One line per patch; the exit status says whether the series is clean.
 ``--quick`` (checkpatch, metadata, apply) is what CI runs on every
 submission.
@@ -18,19 +21,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..build import deps
-from ..build.steps import ccache_env, configure
+from ..build.steps import ccache_env, configure, link_firmware
 from ..errors import CommandError
 from ..log import info
 from ..paths import Layout
 from ..tree import series, stock
 from ..tree.git import sync_clone
 from ..util.proc import run
-from .upstream import run_tap
+from .upstream import EXPECTED_NOT_RUN, run_iotests, run_tap
 
 SUBJECT = re.compile(r"^\[PATCH[^\]]*\] ([A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*"
                      r"(?:, ?[A-Za-z0-9_.+/-]+)*): \S")
 #: What the check builds for every prefix of the series.
-TARGETS = ("qemu-system-x86_64", "qemu-img", "qemu-io", "tests/unit/test-hbitmap")
+TARGETS = ("qemu-system-x86_64", "qemu-img", "qemu-io", "qemu-nbd",
+           "tests/unit/test-hbitmap")
+#: The flavour name of the scratch tree, for Layout's paths.
+FLAVOUR = "series-check"
+#: An iotest in a patch's diffstat: tests/qemu-iotests/tests/NAME (not .out)
+IOTEST = re.compile(r"^diff --git a/tests/qemu-iotests/tests/([^/\s.]+) ", re.M)
 
 
 @dataclass
@@ -77,7 +85,30 @@ def metadata(patch: Path) -> list[str]:
     return problems
 
 
-def _build_and_test(layout: Layout, build: Path) -> str:
+def own_iotests(patch: Path) -> tuple[str, ...]:
+    """The iotests a patch adds or changes, in the order of its diff."""
+    return tuple(dict.fromkeys(IOTEST.findall(
+        patch.read_text(errors="replace"))))
+
+
+def _iotests(layout: Layout, tests: tuple[str, ...]) -> str:
+    """Run *tests* on the scratch build; '' if they all pass."""
+    verdicts, log = run_iotests(layout, FLAVOUR, tests)
+    bad = []
+    for test in tests:
+        v = verdicts.get(test)
+        if v is None:
+            bad.append(f"{test}: no verdict")
+        elif v.status == "not run" and \
+                EXPECTED_NOT_RUN.get(test, "\0") not in v.detail:
+            bad.append(f"{test}: not run ({v.detail})")
+        elif v.status == "fail":
+            bad.append(f"{test}: fail")
+    return "; ".join(bad)
+
+
+def _build_and_test(layout: Layout, build: Path,
+                    iotests: tuple[str, ...] = ()) -> str:
     start = time.monotonic()
     try:
         run(["ninja", "-C", build, *TARGETS], env=ccache_env(layout),
@@ -89,8 +120,14 @@ def _build_and_test(layout: Layout, build: Path) -> str:
     if not t.ok:
         return f"builds, test-hbitmap FAILED ({t.passed} passed, " \
                f"{t.failed} failed)"
-    return f"builds, test-hbitmap {t.passed} ok " \
-           f"({time.monotonic() - start:.0f} s)"
+    done = f"builds, test-hbitmap {t.passed} ok"
+    if iotests:
+        link_firmware(build)
+        bad = _iotests(layout, iotests)
+        if bad:
+            return f"{done}, own iotests FAILED: {bad}"
+        done += f", own iotests pass ({', '.join(iotests)})"
+    return f"{done} ({time.monotonic() - start:.0f} s)"
 
 
 def check(layout: Layout, quick: bool = False) -> tuple[list[PatchReport], bool]:
@@ -104,9 +141,9 @@ def check(layout: Layout, quick: bool = False) -> tuple[list[PatchReport], bool]
     # A scratch clone of the stock tree at its base, configured exactly
     # like the patched flavour (so ccache serves it, and changed flags
     # configure it again).
-    tree = layout.flavour_root("series-check") / "src"
-    build = layout.flavour_root("series-check") / "qemu"
-    sync_clone(base, tree, stock.BASE_TAG, "series-check")
+    tree = layout.flavour_root(FLAVOUR) / "src"
+    build = layout.qemu_build(FLAVOUR)
+    sync_clone(base, tree, stock.BASE_TAG, FLAVOUR)
     if not quick:
         configure(layout, "patched", tree, build)
     for i, r in enumerate(reports, 1):
@@ -122,7 +159,8 @@ def check(layout: Layout, quick: bool = False) -> tuple[list[PatchReport], bool]
             r.build = "applies"
         else:
             info(f"series check: building with patches 1-{i}")
-            r.build = _build_and_test(layout, build)
+            r.build = _build_and_test(layout, build,
+                                      own_iotests(r.patch.path))
     clean = all(not r.problems and (r.build == "applies" or
                                     r.build.startswith("builds, test-hbitmap"))
                 and "FAILED" not in r.build for r in reports)
