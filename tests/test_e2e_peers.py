@@ -20,7 +20,7 @@ from pyqemu.build.driver import binary as built_binary
 from pyqemu.machine import guest, migration
 from pyqemu.machine.vm import VM, Bitmap, Disk
 from pyqemu.paths import Layout
-from pyqemu.util.units import KiB, MiB, TiB
+from pyqemu.util.units import GiB, KiB, MiB, TiB
 
 MACHINE = "pc-i440fx-7.2"
 BITMAPS = (Bitmap("bm-4k", 4 * KiB), Bitmap("bm-64k", 64 * KiB))
@@ -44,9 +44,9 @@ def peer_binary(layout: Layout, peer: str, qemu72: Path) -> Path:
         built_binary(layout, "qemu-system-x86_64", "stock")
 
 
-def vms(layout: Layout, workdir: Path, src_bin: Path,
-        dst_bin: Path) -> tuple[VM, VM]:
-    disks = [Disk("disk0", TiB, bitmaps=BITMAPS,
+def vms(layout: Layout, workdir: Path, src_bin: Path, dst_bin: Path,
+        size: int = TiB) -> tuple[VM, VM]:
+    disks = [Disk("disk0", size, bitmaps=BITMAPS,
                   device="ide-hd,bus=ide.0,unit=1")]
     src = VM(layout, "src", disks, workdir=workdir, machine=MACHINE,
              binary=src_bin, boot=guest.boot_disk(layout, workdir, "src"))
@@ -57,7 +57,8 @@ def vms(layout: Layout, workdir: Path, src_bin: Path,
     return src, dst
 
 
-def migrate_while_writing(src: VM, dst: VM, uri: str, live: bool) -> None:
+def migrate_while_writing(src: VM, dst: VM, uri: str, live: bool,
+                          downtime_ms: int = 300) -> None:
     src.add_bitmaps()
     guest.wait_progress(src.serial_log, 64)
     caps = {"dirty-bitmaps": True, "events": True,
@@ -66,7 +67,7 @@ def migrate_while_writing(src: VM, dst: VM, uri: str, live: bool) -> None:
     migration.set_capabilities(dst, {"dirty-bitmaps": True, "events": True})
     migration.set_capabilities(src, src_caps)
     migration.set_parameters(src, {"max-bandwidth": 32 * MiB,
-                                   "downtime-limit": 300})
+                                   "downtime-limit": downtime_ms})
     dst.cmd("migrate-incoming", uri=uri)
     src.cmd("migrate", uri=uri)
     during = guest.progress(src.serial_log)
@@ -92,11 +93,14 @@ def test_live_source_to_older_destination(layout, workdir, qemu72, peer):
 
 
 def test_older_source_to_patched_destination(layout, workdir, qemu72):
+    # What a 7.2 source can migrate at all: it sends its bitmaps in the
+    # downtime, and counts their bits as bytes against the threshold
     src, dst = vms(layout, workdir, qemu72,
-                   built_binary(layout, "qemu-system-x86_64", "patched"))
+                   built_binary(layout, "qemu-system-x86_64", "patched"),
+                   size=4 * GiB)
     with src, dst:
         migrate_while_writing(src, dst, f"unix:{workdir}/mig.sock",
-                              live=False)
+                              live=False, downtime_ms=2000)
         # the guest goes on writing on the destination, still tracked
         before = {k: v["count"] for k, v in dst.bitmaps().items()}
         dst.cmd("cont")

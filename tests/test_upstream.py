@@ -34,7 +34,7 @@ def test_iotest_passes_on_patched_tree(iotest_results, test):
         pytest.fail(f"{test}: {v.status} {v.detail}\n{log[start:][-4000:]}")
 
 
-@pytest.mark.parametrize("flavour,minimum", [("stock", 40), ("patched", 51)])
+@pytest.mark.parametrize("flavour,minimum", [("stock", 40), ("patched", 53)])
 def test_unit_test_hbitmap(layout, flavour, minimum):
     """QEMU's tests/unit/test-hbitmap; the series adds the meta tests."""
     t = upstream.run_unit_test(layout, flavour)
