@@ -116,3 +116,31 @@ def test_checkpatch_findings_are_reported(workdir):
         'print "WARNING: line too long\\n"; exit 1;\n')
     problems = seriescheck.checkpatch(workdir, Path("x.patch"))
     assert problems == ["checkpatch WARNING: line too long"]
+
+
+def test_only_justified_checkpatch_warnings_are_waived(workdir):
+    """An iotest's .out cannot carry a license line, and a file that
+    MAINTAINERS already covers needs no new line: those two warnings are
+    waived (and reported as such); the same warnings for anything else are
+    not."""
+    (workdir / "MAINTAINERS").write_text("Block layer core\n"
+                                         "F: tests/qemu-iotests/\n")
+    scripts = workdir / "scripts"
+    scripts.mkdir()
+    warn = ("WARNING: Does new file 'tests/qemu-iotests/tests/t.out' need "
+            "'SPDX-License-Identifier'?\\n"
+            "WARNING: Does new file 'docs/x.rst' need "
+            "'SPDX-License-Identifier'?\\n"
+            "WARNING: added, moved or deleted file(s):\\n\\n"
+            "  tests/qemu-iotests/tests/t\\n  tests/qemu-iotests/tests/t.out\\n"
+            "\\nDoes MAINTAINERS need updating?\\n"
+            "WARNING: added, moved or deleted file(s):\\n\\n  util/new.c\\n"
+            "\\nDoes MAINTAINERS need updating?\\n"
+            "total: 0 errors, 4 warnings, 10 lines checked\\n")
+    (scripts / "checkpatch.pl").write_text(f'print "{warn}"; exit 1;\n')
+    waived: list[str] = []
+    problems = seriescheck.checkpatch(workdir, Path("x.patch"), waived)
+    assert len(waived) == 2, waived
+    assert [p.split("'")[1] if "'" in p else p for p in problems] == \
+        ["docs/x.rst",
+         "checkpatch WARNING: added, moved or deleted file(s): util/new.c"]

@@ -37,7 +37,7 @@ from ..machine.netns import Link
 from ..machine.vm import VM, Disk
 from ..paths import Layout
 from ..report.table import markdown_table
-from ..util.poll import until
+from ..util.poll import PollTimeout, until
 from ..util.units import GiB, KiB, MiB, TiB
 
 GRANULARITIES = {"4k": 4 * KiB, "64k": 64 * KiB, "1m": MiB}
@@ -130,9 +130,15 @@ def _destination(layout: Layout, link: Link, workdir: Path, name: str) -> VM:
     return dst
 
 
-def _start(src: VM, link: Link, bandwidth: int) -> None:
+def _start(src: VM, link: Link, bandwidth: int, pause: bool = True) -> None:
+    """Start migrating; with *pause*, the source stops at pre-switchover.
+
+    The faulted migration does not pause: a stream that fails while the
+    source waits at pre-switchover leaves it stopped (finish-migrate) until
+    someone sends migrate-continue or migrate_cancel, which is QEMU's
+    behaviour with or without the series and not what is tested here."""
     migration.set_capabilities(src, dict(_caps(),
-                                         **{"pause-before-switchover": True}))
+                                         **{"pause-before-switchover": pause}))
     migration.set_parameters(src, {"block-bitmap-mapping": _mapping(),
                                    "max-bandwidth": bandwidth,
                                    "downtime-limit": 300})
@@ -216,9 +222,19 @@ def _break(scenario: str, src: VM, dst: VM, link: Link) -> tuple[str, str]:
 
 
 def _source_runs(src: VM) -> bool:
-    """The source VM is running and its guest still writes."""
+    """The source VM is running and its guest still writes.
+
+    The migration's status turns 'failed' before its cleanup restarts a
+    VM that was stopped for the switchover (finish-migrate): wait for the
+    run state to settle first."""
+    try:
+        state = until(lambda: migration.run_state(src),
+                      lambda st: st != "finish-migrate", 30,
+                      "the source to leave finish-migrate")
+    except PollTimeout:
+        return False
     before = guest.progress(src.serial_log)
-    if migration.run_state(src) != "running":
+    if state != "running":
         return False
     try:
         guest.wait_progress(src.serial_log, before, 10)
@@ -243,7 +259,7 @@ def run(layout: Layout, scenario: str,
                 guest.wait_progress(src.serial_log, 64)
                 dst = _destination(layout, link, workdir, "dst")
                 try:
-                    _start(src, link, 2 * MiB)
+                    _start(src, link, 2 * MiB, pause=False)
                     _wait_bulk_phase(src)
                     outcome, leftovers = _break(scenario, src, dst, link)
                     running = _source_runs(src)
@@ -275,8 +291,11 @@ def postcopy_failure(layout: Layout, flavour: str, live: bool,
                     granularity=4 * KiB)
             for i in range(64):
                 src.write("disk0", i * 64 * GiB, 64 * KiB)
+            # Bitmap postcopy ignores max-bandwidth: without its own
+            # limit it may be over before the destination is killed
             migration.start(src, dst, f"unix:{workdir}/m.sock", _caps(live),
-                            {"max-bandwidth": 4 * MiB},
+                            {"max-bandwidth": 4 * MiB,
+                             "max-postcopy-bandwidth": 256 * KiB},
                             dst_caps=_caps(live=False))
             migration.wait(src, ("active",), 30)
             src.cmd("migrate-start-postcopy")
