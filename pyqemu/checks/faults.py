@@ -78,7 +78,11 @@ def _mapping() -> list[dict]:
 
 
 def _caps(live: bool = True) -> dict[str, bool]:
-    caps = {"dirty-bitmaps": True, "events": True}
+    """The scenarios' capabilities.  With the return path the source waits
+    for the destination to confirm: without it, a source whose last bytes
+    fit in its socket buffers reports 'completed' over a link that is
+    already cut."""
+    caps = {"dirty-bitmaps": True, "events": True, "return-path": True}
     if live:
         caps["dirty-bitmaps-live"] = True
     return caps
