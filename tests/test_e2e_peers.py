@@ -74,9 +74,7 @@ def migrate_while_writing(src: VM, dst: VM, uri: str, live: bool,
     migration.wait(src, ("pre-switchover",), 120)
     assert guest.progress(src.serial_log) > during, "the guest did not write"
     shas = src.all_sha256()
-    src.cmd("migrate-continue", state="pre-switchover")
-    migration.wait(src, ("completed",), 120)
-    migration.wait(dst, ("completed",), 120)
+    migration.switch_over(src, dst, 120)
     assert dst.all_sha256() == shas
 
 
