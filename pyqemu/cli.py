@@ -50,6 +50,11 @@ def cmd_check_faults(args: argparse.Namespace, layout: Layout) -> int:
     return faults.main(layout)
 
 
+def cmd_check_libvirt(args: argparse.Namespace, layout: Layout) -> int:
+    from .checks import libvirt
+    return libvirt.main(layout)
+
+
 def cmd_check_fuzz(args: argparse.Namespace, layout: Layout) -> int:
     from .checks.fuzz import report
     return report.main(layout, args.inputs, args.seed)
@@ -123,6 +128,10 @@ def parser() -> argparse.ArgumentParser:
     what = check.add_subparsers(dest="what", required=True)
     command(what, "faults", cmd_check_faults,
             "cancel / kill / cut the link during a live migration; table")
+    command(what, "libvirt", cmd_check_libvirt,
+            "virsh migrate --live between two private libvirt 9.0 hosts "
+            "(shared storage, --copy-storage-all) with a virtnbdbackup chain "
+            "restored and compared with the disk, stock vs patched")
     p = command(what, "fuzz", cmd_check_fuzz,
                 "mutated migration streams on the ASan+UBSan build")
     p.add_argument("--inputs", type=_count, default=10_000,
