@@ -19,6 +19,11 @@ from .errors import PyqemuError
 from .log import info
 from .paths import SANITIZED, Layout, layout_for
 
+#: ``check backup --size``: spelled out here, not imported, so that
+#: ``--help`` needs no QEMU tree (checks.backup imports qemu.qmp).
+SIZES = {"small": "64 GiB at 64 KiB granularity",
+         "large": "4 TiB at 4 KiB granularity"}
+
 
 def cmd_build(args: argparse.Namespace, layout: Layout) -> int:
     from .build.driver import build
@@ -58,6 +63,12 @@ def cmd_check_libvirt(args: argparse.Namespace, layout: Layout) -> int:
 def cmd_check_fuzz(args: argparse.Namespace, layout: Layout) -> int:
     from .checks.fuzz import report
     return report.main(layout, args.inputs, args.seed)
+
+
+def cmd_check_backup(args: argparse.Namespace, layout: Layout) -> int:
+    from .checks import backup
+    # in the order given, each once
+    return backup.main(layout, tuple(dict.fromkeys(args.size or SIZES)))
 
 
 def cmd_series_check(args: argparse.Namespace, layout: Layout) -> int:
@@ -124,7 +135,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("pytest_args", nargs=argparse.REMAINDER,
                    help="extra arguments for pytest (after --)")
 
-    check = sub.add_parser("check", help="fault scenarios and stream fuzzing")
+    check = sub.add_parser("check", help="fault scenarios, stream fuzzing, "
+                                         "backup chain across a migration, "
+                                         "libvirt")
     what = check.add_subparsers(dest="what", required=True)
     command(what, "faults", cmd_check_faults,
             "cancel / kill / cut the link during a live migration; table")
@@ -137,6 +150,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", type=_count, default=10_000,
                    help="how many mutated streams to try (default 10000)")
     p.add_argument("--seed", type=int, default=1, help="random seed")
+    p = command(what, "backup", cmd_check_backup,
+                "full backup, live migration with a Linux guest writing, "
+                "incremental backup on the destination, restored chain "
+                "compared with the disk; table")
+    p.add_argument("--size", action="append", choices=tuple(SIZES),
+                   help="only this size (repeatable; default: both): "
+                        + "; ".join(f"{k} = {v}" for k, v in SIZES.items()))
 
     series = sub.add_parser("series", help="check the patch series, or write "
                                            "its cover letter")

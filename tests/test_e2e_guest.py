@@ -55,19 +55,15 @@ def test_live_migration_while_the_guest_writes(layout, workdir):
     with writer_pair(layout, workdir, dst_paused=True) as p:
         p.src.add_bitmaps()
         guest.wait_progress(p.src.serial_log, 64)
-        caps = dict(LIVE, **{"pause-before-switchover": True})
-        migration.start(p.src, p.dst, p.uri, caps,
-                        {"max-bandwidth": 32 * MiB, "downtime-limit": 300})
-        during = guest.progress(p.src.serial_log)
-        migration.wait(p.src, ("pre-switchover",), 120)
+        during, at_switchover = migration.to_switchover(
+            p.src, p.dst, p.uri, LIVE,
+            {"max-bandwidth": 32 * MiB, "downtime-limit": 300},
+            lambda: guest.progress(p.src.serial_log))
         # The guest ran during the migration, and stopped for switchover
-        at_switchover = guest.progress(p.src.serial_log)
         assert at_switchover > during
         shas = p.src.all_sha256()
         regions = p.src.all_regions()
-        p.src.cmd("migrate-continue", state="pre-switchover")
-        info = migration.wait(p.src, ("completed",), 60)
-        migration.wait(p.dst, ("completed",), 60)
+        info = migration.switch_over(p.src, p.dst)
 
         # Compared before the guest runs on the destination (-S)
         assert p.dst.all_sha256() == shas

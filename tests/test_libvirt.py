@@ -19,6 +19,8 @@ import pytest
 
 from pyqemu.build.driver import binary
 from pyqemu.checks import libvirt as check
+from pyqemu.checks.backup import compare
+from pyqemu.errors import CommandError
 from pyqemu.machine import guest, netns
 from pyqemu.machine.libvirt import Host, Hosts, sweep
 from pyqemu.paths import Layout
@@ -123,6 +125,18 @@ def test_writer_data_reaches_the_boot_sector(layout: Layout) -> None:
         default
     assert mov_si + b"\x00\x7c" in nonzero and mov_si + b"\x00\x80" not in \
         nonzero
+
+
+def test_an_unreadable_image_is_no_difference(layout: Layout,
+                                              workdir: Path) -> None:
+    """The control (the full backup alone must differ from the disk)
+    cannot pass by qemu-img failing to read an image: that raises."""
+    disk = workdir / "disk.qcow2"
+    run([binary(layout, "qemu-img", "patched"), "create", "-q", "-f",
+         "qcow2", disk, "1G"])
+    assert compare(layout, "patched", disk, disk) == "identical"
+    with pytest.raises(CommandError, match="qemu-img compare"):
+        compare(layout, "patched", disk, workdir / "absent.qcow2")
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,9 @@ from pyqemu.util.proc import run
 @pytest.mark.parametrize("argv", [
     ["check", "faults", "--inputs", "5"],
     ["check", "fuzz", "--inputs", "-1"],
+    ["check", "backup", "--inputs", "5"],
+    ["check", "backup", "--size", "huge"],
+    ["check", "faults", "--size", "small"],
     ["build", "--all"],
     ["series", "check", "--reuse"],
     ["bench", "hbitmap", "--seed", "3"],
@@ -34,6 +37,15 @@ def test_flags_without_meaning_are_rejected(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2
+
+
+def test_check_backup_sizes_are_the_scenarios():
+    """The CLI spells the sizes out (its --help needs no QEMU); they must
+    stay the scenarios checks.backup runs."""
+    from pyqemu.checks import backup
+    assert list(cli.SIZES) == list(backup.SCENARIOS)
+    args = cli.parser().parse_args(["check", "backup", "--size", "large"])
+    assert args.func is cli.cmd_check_backup and args.size == ["large"]
 
 
 def test_errors_become_one_line_and_exit_1(tmp_path, monkeypatch, capsys):

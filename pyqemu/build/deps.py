@@ -42,6 +42,11 @@ LIBVIRT = ("libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients",
 #: Used by the tests and benchmarks (network namespaces, instruction counts).
 TEST = ("iproute2", "valgrind")
 
+#: The Linux guest (pyqemu.machine.linuxguest): Debian's own kernel,
+#: booted with an initramfs the project builds from busybox-static and a
+#: writer compiled with gcc -static (hence libc6-dev's libc.a).
+LINUX_GUEST = ("linux-image-amd64", "busybox-static", "libc6-dev", "gcc")
+
 
 class DependencyError(PyqemuError):
     """A required package is missing and cannot be installed here."""

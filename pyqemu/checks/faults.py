@@ -181,9 +181,7 @@ def _complete(src: VM, dst: VM, link: Link) -> str:
     _start(src, link, GiB)
     migration.wait(src, ("pre-switchover",), 120)
     at_switchover = {g: src.sha256("disk0", f"bm-{g}") for g in GRANULARITIES}
-    src.cmd("migrate-continue", state="pre-switchover")
-    migration.wait(src, ("completed",), 60)
-    migration.wait(dst, ("completed",), 60)
+    migration.switch_over(src, dst)
     got = {g: dst.sha256("disk0", f"bm-{g}") for g in GRANULARITIES}
     if got != at_switchover:
         return "completed, bitmaps DIFFER"

@@ -68,6 +68,7 @@ from ..paths import Layout
 from ..report.table import markdown_table
 from ..util.proc import run
 from ..util.units import KiB, TiB, fmt_bytes
+from .backup import compare
 
 DISK_SIZE = 4 * TiB
 #: non-zero sectors: a block lost from the backup chain cannot read back
@@ -347,17 +348,6 @@ def _restore(host: Host, images: Path, out: Path, until: str | None,
     return got[0]
 
 
-def _compare(qemu_img: Path, a: Path, b: Path, step: str) -> bool:
-    """Whether images *a* and *b* hold the same data (exit 0 or 1); any
-    other exit is qemu-img failing, not an answer."""
-    res = run([qemu_img, "compare", "-f", "qcow2", "-F", "qcow2", a, b],
-              timeout=600, check=False)
-    if res.returncode not in (0, 1):
-        raise LibvirtError(f"{step}: qemu-img compare exit {res.returncode}: "
-                           f"{tail(res.stderr)}")
-    return res.returncode == 0
-
-
 def _migrate(a: Host, b: Host, dom: str, flags: list[str],
              r: Result) -> tuple[int, str]:
     """``virsh migrate`` from *a* to *b*, watched: past MIGRATE_TIMEOUT
@@ -504,13 +494,13 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
             restored = _restore(b, backup, base / "restore", None,
                                 "virtnbdrestore of the chain")
         with _step(r, "qemu-img compare"):
-            r.restored_equal = _compare(qemu_img, restored, disk,
-                                        "compare restored chain with disk")
+            r.restored_equal = compare(layout, flavour, restored,
+                                       disk) == "identical"
         control = _restore(b, backup, base / "control",
                            "virtnbdbackup.0", "virtnbdrestore of the full "
                            "backup alone")
-        r.control_differs = not _compare(qemu_img, control, disk,
-                                         "compare full backup with disk")
+        r.control_differs = compare(layout, flavour, control,
+                                    disk) != "identical"
         fulls = list(backup.glob("hdb.full.data"))
         incs = list(backup.glob("hdb.inc.*.data"))
         r.sizes = {"disk": _du(disk),

@@ -35,7 +35,7 @@ SUBJECT = re.compile(r"^\[PATCH[^\]]*\] ([A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*"
                      r"(?:, ?[A-Za-z0-9_.+/-]+)*): \S")
 #: What the check builds for every prefix of the series.
 TARGETS = ("qemu-system-x86_64", "qemu-img", "qemu-io", "qemu-nbd",
-           "tests/unit/test-hbitmap")
+           "storage-daemon/qemu-storage-daemon", "tests/unit/test-hbitmap")
 #: The flavour name of the scratch tree, for Layout's paths.
 FLAVOUR = "series-check"
 #: An iotest in a patch's diffstat: tests/qemu-iotests/tests/NAME (not .out)
@@ -162,7 +162,8 @@ def _iotests(layout: Layout, tests: tuple[str, ...]) -> str:
     for test in tests:
         v = verdicts.get(test)
         if v is None:
-            bad.append(f"{test}: no verdict")
+            last = log.strip().splitlines()[-1:] or ["no output"]
+            bad.append(f"{test}: no verdict ({last[0][:200]})")
         elif v.status == "not run" and \
                 EXPECTED_NOT_RUN.get(test, "\0") not in v.detail:
             bad.append(f"{test}: not run ({v.detail})")

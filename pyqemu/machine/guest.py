@@ -78,13 +78,18 @@ def boot_disk(layout: Layout, workdir: Path, name: str,
     return path
 
 
+def serial_text(serial_log: Path) -> str:
+    """What a guest printed on COM1 so far ('' before QEMU created the
+    file): a poll may well come before the first line."""
+    try:
+        return serial_log.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def progress(serial_log: Path) -> int:
     """The guest's last reported write count (0 before the first report)."""
-    try:
-        text = serial_log.read_text(errors="replace")
-    except OSError:
-        return 0
-    counts = re.findall(r"W([0-9a-f]{8})\n", text)
+    counts = re.findall(r"W([0-9a-f]{8})\n", serial_text(serial_log))
     return int(counts[-1], 16) if counts else 0
 
 

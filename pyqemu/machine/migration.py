@@ -59,6 +59,34 @@ def start(src: VM, dst: VM, uri: str, caps: dict[str, bool],
     src.cmd("migrate", uri=uri)
 
 
+def to_switchover(src: VM, dst: VM, uri: str, caps: dict[str, bool],
+                  params: dict[str, Any], progress: Callable[[], int],
+                  timeout: float = 120) -> tuple[int, int]:
+    """Start a migration that stops the source before the switchover
+    (``pause-before-switchover``), and wait for that stop.
+
+    Returns the guest's write count (*progress*) once the migration has
+    started and at the stop: a test of bitmaps that change during a
+    migration needs the second to be larger, else it proves nothing.
+    """
+    start(src, dst, uri, dict(caps, **{"pause-before-switchover": True}),
+          params)
+    during = progress()
+    wait(src, ("pre-switchover",), timeout)
+    return during, progress()
+
+
+def switch_over(src: VM, dst: VM, timeout: float = 60) -> dict:
+    """Let a source that waits at pre-switchover (after the caller looked
+    at its state) finish, and wait until both ends completed: a test
+    compares the destination only then.  The source's last query-migrate.
+    """
+    src.cmd("migrate-continue", state="pre-switchover")
+    info = wait(src, ("completed",), timeout)
+    wait(dst, ("completed",), timeout)
+    return info
+
+
 def query(vm: VM) -> dict:
     return vm.cmd("query-migrate")
 

@@ -175,6 +175,28 @@ class VM:
                              self.machine.get_log() or "")
         return self.exit
 
+    def quit(self, timeout: int = 60) -> Exit:
+        """End QEMU the way a user does, with QMP ``quit``, and require
+        exit status 0 and no crash report: a QEMU that aborts while
+        closing its images (after a migration, say) is a failure that a
+        kill would hide.  Also a failure: a QEMU already gone."""
+        if self.exit is not None or not self.is_running():
+            end = self.shutdown()
+            raise MachineError(f"{self.name} ({self.flavour}) exited on its "
+                               f"own (status {end.code}): "
+                               f"{end.problem() or end.log[-2000:]}")
+        # not hard: QEMUMachine sends quit and waits; it kills only if
+        # QEMU is still there after the timeout
+        self.machine.shutdown(timeout=timeout)
+        self.exit = Exit(self.machine.exitcode(), False,
+                         self.machine.get_log() or "")
+        problem = self.exit.problem()
+        if self.exit.code != 0 or problem:
+            raise MachineError(f"{self.name} ({self.flavour}) exited with "
+                               f"status {self.exit.code} on quit: "
+                               f"{problem or self.exit.log[-2000:]}")
+        return self.exit
+
     def check_exit(self) -> None:
         """Shut down, and raise MachineError if QEMU ended badly."""
         problem = self.shutdown().problem()
@@ -280,18 +302,21 @@ class Pair:
                  extra_args: tuple[str, ...] = (),
                  boot: tuple[Path, Path] | None = None,
                  wrappers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
-                 uri: str | None = None, dst_paused: bool = False) -> None:
+                 uri: str | None = None, dst_paused: bool = False,
+                 machine: str = "pc", memory_mb: int = 64) -> None:
         self.workdir = workdir
         self.src = VM(layout, "src", disks, src_flavour, workdir,
                       extra_args=extra_args, boot=boot[0] if boot else None,
-                      wrapper=wrappers[0])
+                      wrapper=wrappers[0], machine=machine,
+                      memory_mb=memory_mb)
         # -S: the destination stays paused after the migration, so that
         # its state can be compared with the source's before it changes
         self.dst = VM(layout, "dst", dst_disks if dst_disks is not None else disks,
                       dst_flavour, workdir, incoming=True,
                       extra_args=extra_args + (("-S",) if dst_paused else ()),
                       boot=boot[1] if boot else None,
-                      wrapper=wrappers[1])
+                      wrapper=wrappers[1], machine=machine,
+                      memory_mb=memory_mb)
         self.sock = workdir / "migrate.sock"
         self._uri = uri
 
