@@ -55,6 +55,11 @@ def cmd_check_faults(args: argparse.Namespace, layout: Layout) -> int:
     return faults.main(layout)
 
 
+def cmd_check_libvirt(args: argparse.Namespace, layout: Layout) -> int:
+    from .checks import libvirt
+    return libvirt.main(layout)
+
+
 def cmd_check_fuzz(args: argparse.Namespace, layout: Layout) -> int:
     from .checks.fuzz import report
     return report.main(layout, args.inputs, args.seed)
@@ -131,10 +136,15 @@ def parser() -> argparse.ArgumentParser:
                    help="extra arguments for pytest (after --)")
 
     check = sub.add_parser("check", help="fault scenarios, stream fuzzing, "
-                                         "backup chain across a migration")
+                                         "backup chain across a migration, "
+                                         "libvirt")
     what = check.add_subparsers(dest="what", required=True)
     command(what, "faults", cmd_check_faults,
             "cancel / kill / cut the link during a live migration; table")
+    command(what, "libvirt", cmd_check_libvirt,
+            "virsh migrate --live between two private libvirt 9.0 hosts "
+            "(shared storage, --copy-storage-all) with a virtnbdbackup chain "
+            "restored and compared with the disk, stock vs patched")
     p = command(what, "fuzz", cmd_check_fuzz,
                 "mutated migration streams on the ASan+UBSan build")
     p.add_argument("--inputs", type=_count, default=10_000,

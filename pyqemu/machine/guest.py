@@ -29,14 +29,22 @@ class WriterConfig:
     span: int = 1 << 31         # sectors, a power of two: 1 TiB
     sectors: int = 8            # per write
     report: int = 16            # writes per serial line
+    #: guest address of the 512 bytes every sector gets.  0x8000 is
+    #: zeroed memory; 0x7c00 (the boot sector itself) makes every write
+    #: non-zero, which a check that restores a backup needs: a block that
+    #: went missing must not compare equal by reading back as zeros.
+    data: int = 0x8000
 
     def defines(self) -> list[str]:
         if self.span & (self.span - 1) or not 0 < self.span <= 1 << 32:
             raise ValueError("span must be a power of two of at most 2^32")
         if self.report & (self.report - 1):
             raise ValueError("report must be a power of two")
-        return [f"-DSTRIDE={self.stride}", f"-DSPAN={self.span:#x}",
-                f"-DSECTORS={self.sectors}", f"-DREPORT={self.report}"]
+        out = [f"-DSTRIDE={self.stride}", f"-DSPAN={self.span:#x}",
+               f"-DSECTORS={self.sectors}", f"-DREPORT={self.report}"]
+        if self.data != 0x8000:     # the default needs no define
+            out.append(f"-DDATA={self.data:#x}")
+        return out
 
 
 def build(layout: Layout, config: WriterConfig = WriterConfig()) -> Path:

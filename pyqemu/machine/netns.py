@@ -30,6 +30,9 @@ from ..util.poll import PollTimeout, until
 from ..util.proc import run
 
 NETNS_DIR = Path("/run/netns")
+#: The namespaces of a Link with a hex tag (the default).  Other tags
+#: (the libvirt hosts' ``lv...``, see pyqemu.machine.libvirt) never match:
+#: their owner sweeps them, with its own grace for the domains inside.
 OURS = re.compile(r"^pq-(\d+)-[0-9a-f]+-[ab]$")
 #: Retransmissions before TCP reports ETIMEDOUT (RTO 200 ms doubling:
 #: about 6 s in all).
@@ -44,7 +47,9 @@ def _ip(*args: str) -> str:
     return run(["ip", *args], what=f"ip {' '.join(args[:4])}").stdout
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process *pid* exists: what tells a stale namespace (its
+    creator is gone) from one in use."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -54,25 +59,36 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def kill_inside(ns: str) -> None:
-    """SIGKILL every process in namespace *ns* and wait until none is left."""
+def kill_inside(ns: str, grace: float = 0) -> None:
+    """SIGKILL every process in namespace *ns* and wait until none is left.
+
+    With *grace*, SIGTERM first and SIGKILL only for what is still there
+    after *grace* seconds: a QEMU that is terminated closes its images
+    cleanly (a libvirt host's domains, whose disks are compared later).
+    """
     def pids() -> list[int]:
         res = run(["ip", "netns", "pids", ns], check=False)
         return [int(p) for p in res.stdout.split()]
 
-    for pid in pids():
+    rounds = ((signal.SIGTERM, grace),) if grace > 0 else ()
+    for sig, wait in rounds + ((signal.SIGKILL, 10.0),):
+        for pid in pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        until(pids, lambda left: not left, 10, f"processes in {ns} to die")
-    except PollTimeout as e:
-        raise NetnsError(str(e)) from None
+            until(pids, lambda left: not left, wait,
+                  f"processes in {ns} to die of {sig.name}")
+            return
+        except PollTimeout as e:
+            if sig == signal.SIGKILL:
+                raise NetnsError(str(e)) from None
 
 
-def remove(ns: str) -> None:
-    kill_inside(ns)
+def remove(ns: str, grace: float = 0) -> None:
+    """Kill what runs in *ns* (see :func:`kill_inside`), then delete it."""
+    kill_inside(ns, grace)
     run(["ip", "netns", "del", ns], check=False)
 
 
@@ -83,7 +99,7 @@ def sweep_stale() -> list[str]:
         if NETNS_DIR.is_dir() else []
     for name in names:
         m = OURS.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             remove(name)
             swept.append(name)
     return swept

@@ -26,6 +26,9 @@
 #ifndef REPORT
 #define REPORT 16
 #endif
+#ifndef DATA
+#define DATA 0x8000         /* what each sector gets: 512 bytes from here */
+#endif
 
 #define ATA_DATA    0x1f0
 #define ATA_COUNT   0x1f2
@@ -119,7 +122,8 @@ sector:
     jnz     1b
     testb   $ATA_DRQ, %al
     jz      1b
-    movw    $0x8000, %si        /* whatever is there: the data is not checked */
+    movw    $DATA, %si          /* 0x8000: whatever is there (zeros);
+                                   0x7c00: this boot sector, never zero */
     movw    $256, %cx
     movw    $ATA_DATA, %dx
     rep outsw

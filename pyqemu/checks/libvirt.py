@@ -1,0 +1,687 @@
+"""``pyqemu check libvirt``: libvirt 9.0 migrates a guest between two
+hosts while it writes, and a real backup tool proves no bit was lost.
+
+For each QEMU build (stock, patched) and each kind of storage:
+
+* ``shared``: the images sit at one path both hosts see (a directory
+  outside their private mount namespaces); QEMU inactivates the image on
+  the source, which stores the persistent bitmaps into the qcow2, and the
+  destination loads them at activation.  libvirt does not migrate bitmaps
+  through the migration stream in this mode.
+* ``copy``: ``--copy-storage-all``; each host has its own image at the
+  same path (/var/lib/libvirt/images, private per host).  libvirt mirrors
+  the disk over NBD and enables the ``dirty-bitmaps`` capability with a
+  ``block-bitmap-mapping`` for the checkpoints' bitmaps.
+
+the same steps run (each timed; a failure names the step, the command and
+its stderr tail):
+
+1. define and start a TCG domain whose boot sector writes to a 4 TiB
+   sparse qcow2 IDE disk forever (tests/guest/writer.S, non-zero data);
+2. ``virsh checkpoint-create-as``: what libvirt creates in QEMU is
+   recorded, then the checkpoint is deleted again, because virtnbdbackup
+   refuses a chain with checkpoints it did not create ("foreign");
+3. ``virtnbdbackup -l full`` (creates checkpoint virtnbdbackup.0);
+4. ``virsh migrate --live`` to the other host while the guest writes;
+   the capabilities and bitmap mapping libvirt sent to QEMU are read back
+   from libvirtd's QMP log; downtime from ``virsh domjobinfo --completed``;
+5. more writes on the destination, then ``virsh suspend`` (so the disk
+   stops changing) and ``virtnbdbackup -l inc`` there (virtnbdbackup
+   redefines checkpoint virtnbdbackup.0 from its backup directory: libvirt
+   does not migrate checkpoint metadata);
+6. ``virsh destroy``, ``virtnbdrestore`` of the chain, ``qemu-img compare``
+   with the disk.  A control restores the full backup alone, which must
+   differ from the disk: proof that the comparison can fail.
+
+Every patched domain gets ``dirty-bitmaps-live`` the way an unmodified
+libvirt allows: ``-global migration.x-dirty-bitmaps-live=on`` in
+``<qemu:commandline>`` (libvirt leaves capabilities it does not know
+alone).  Since v2 of the series the capability is inert without
+``dirty-bitmaps``, so it is safe on shared storage too, where libvirt sets
+``dirty-bitmaps`` off and the bitmap travels in the qcow2.  How the bitmap
+travelled in each case is read back, not assumed: the capabilities
+libvirt sent (its QMP log), QEMU's own state of ``dirty-bitmaps-live``
+before the migration, and the patched QEMU's ``dirty-bitmaps`` statistics
+in the last ``query-migrate`` reply libvirt received.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
+
+from ..bench import results as bench_results
+from ..build.driver import binary, build
+from ..errors import PyqemuError
+from ..machine import guest
+from ..machine.libvirt import Host, Hosts, LibvirtError, tail
+from ..paths import Layout
+from ..report.table import markdown_table
+from ..util.proc import run
+from ..util.units import KiB, TiB, fmt_bytes
+from .backup import compare
+
+DISK_SIZE = 4 * TiB
+#: non-zero sectors: a block lost from the backup chain cannot read back
+#: as equal zeros
+WRITER = guest.WriterConfig(data=0x7c00)
+STORAGES = ("shared", "copy")
+#: writes the guest makes between steps (one serial report per 16)
+WRITES_BETWEEN = 64
+#: Seconds a live migration may take before the downtime limit is raised
+#: (``virsh migrate-setmaxdowntime``) to RAISED_DOWNTIME_MS, as an admin
+#: would when stock QEMU cannot converge (it counts a bitmap's bits as
+#: pending bytes and sends bitmaps only once the guest is stopped; a
+#: ``virsh suspend`` does not help: the estimate stays).  After GIVE_UP
+#: more seconds the migration is aborted and reported as not converged.
+MIGRATE_TIMEOUT = 60
+RAISED_DOWNTIME_MS = 30_000
+GIVE_UP = 180
+#: How a patched domain gets dirty-bitmaps-live through libvirt 9.0.
+LIVE_ARGS = ("-global", "migration.x-dirty-bitmaps-live=on")
+
+
+# -- what the QEMU binary offers ------------------------------------------
+
+@dataclass(frozen=True)
+class Probe:
+    """What a built QEMU offers for bitmap migration, asked over QMP."""
+
+    flavour: str
+    binary: Path
+    capabilities: tuple[str, ...]       # migration capabilities
+    properties: tuple[str, ...]         # of the migration object
+
+    @property
+    def live_capability(self) -> bool:
+        return "dirty-bitmaps-live" in self.capabilities
+
+    @property
+    def live_property(self) -> bool:
+        return "x-dirty-bitmaps-live" in self.properties
+
+
+def probe(layout: Layout, flavour: str) -> Probe:
+    """Ask the binary itself (``-M none -qmp stdio``): which migration
+    capabilities and which ``-global migration.*`` properties it has."""
+    qemu = binary(layout, "qemu-system-x86_64", flavour)
+    cmds = [{"execute": "qmp_capabilities"},
+            {"execute": "query-migrate-capabilities"},
+            {"execute": "qom-list-properties",
+             "arguments": {"typename": "migration"}},
+            {"execute": "quit"}]
+    res = run([qemu, "-M", "none", "-nodefaults", "-display", "none",
+               "-qmp", "stdio"], input="\n".join(map(json.dumps, cmds)) + "\n",
+              timeout=60, check=False)
+    replies = [json.loads(line) for line in res.stdout.splitlines()
+               if line.startswith("{")]
+    returns = [r["return"] for r in replies if "return" in r]
+    if len(returns) < 3:
+        raise LibvirtError(f"probe {flavour} QEMU {qemu}: exit "
+                           f"{res.returncode}: {tail(res.stderr)}")
+    caps = tuple(c["capability"] for c in returns[1])
+    props = tuple(p["name"] for p in returns[2])
+    return Probe(flavour, qemu, caps, props)
+
+
+def domcapabilities(host: Host, p: Probe) -> str:
+    """libvirt's verdict on the binary: its default machine type, or the
+    error libvirt gives."""
+    out = host.virsh(f"domcapabilities of {p.flavour} QEMU",
+                     "domcapabilities", "--emulatorbin", str(p.binary),
+                     "--virttype", "qemu", "--arch", "x86_64")
+    m = re.search(r"<machine>([^<]+)</machine>", out)
+    return m.group(1) if m else "accepted"
+
+
+# -- the domain -----------------------------------------------------------
+
+def domain_xml(name: str, emulator: Path, boot: str, disk: str, serial: Path,
+               qemu_args: tuple[str, ...] = ()) -> str:
+    """A TCG domain our reduced QEMU build can run.
+
+    * ``<acpi/>``: without it libvirt 9.0 passes ``-no-acpi``, which QEMU
+      10 no longer has (removed in 9.2; ``-machine acpi=off`` replaced it).
+    * no USB controller, video, graphics, NIC or balloon: the build has
+      none of those devices.
+    * ``cache='none'``: what libvirt wants for migration on shared storage.
+    """
+    cmdline = ""
+    if qemu_args:
+        cmdline = "  <qemu:commandline>\n" + "".join(
+            f"    <qemu:arg value='{escape(a)}'/>\n" for a in qemu_args) + \
+            "  </qemu:commandline>\n"
+    return f"""<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>{escape(str(emulator))}</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source file='{escape(boot)}'/>
+      <target dev='hda' bus='ide'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='{escape(disk)}'/>
+      <target dev='hdb' bus='ide'/>
+    </disk>
+    <controller type='usb' model='none'/>
+    <serial type='file'>
+      <source path='{escape(str(serial))}' append='on'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='none'/>
+  </devices>
+{cmdline}</domain>
+"""
+
+
+# -- results --------------------------------------------------------------
+
+@dataclass
+class Result:
+    flavour: str
+    storage: str
+    live: str = "no"                # how dirty-bitmaps-live was enabled
+    live_on: bool | None = None     # QEMU's state of it before migrating
+    steps: dict[str, float] = field(default_factory=dict)
+    writes: dict[str, int] = field(default_factory=dict)
+    jobinfo: dict[str, str] = field(default_factory=dict)
+    unsafe: str = ""                # libvirt's refusal without --unsafe
+    raised_downtime: bool = False   # not converged in MIGRATE_TIMEOUT
+    converged: bool = True          # False: aborted after GIVE_UP too
+    caps_enabled: tuple[str, ...] = ()      # what libvirt turned on
+    caps_sent: tuple[str, ...] = ()         # every capability libvirt set
+    mapping: list[Any] = field(default_factory=list)
+    bitmap_stats: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""            # what checkpoint-create-as made
+    dst_bitmaps: str = ""           # bitmaps on the destination after
+    dst_checkpoints: str = ""       # libvirt's checkpoints there, before
+    redefined: bool = False         # virtnbdbackup redefined them
+    sizes: dict[str, int] = field(default_factory=dict)
+    restored_equal: bool | None = None
+    control_differs: bool | None = None
+    error: str = ""
+
+    @property
+    def downtime_ms(self) -> int | None:
+        m = re.match(r"(\d+)", self.jobinfo.get("Total downtime", ""))
+        return int(m.group(1)) if m else None
+
+    @property
+    def ok(self) -> bool:
+        """Migrated, and the chain restores to the disk; or a stock build
+        that did not converge (the limitation the series removes, reported
+        as a result like the demo does)."""
+        if not self.converged and self.flavour == "stock" and not self.error:
+            return True
+        return (not self.error and self.restored_equal is True
+                and self.control_differs is True)
+
+
+@contextlib.contextmanager
+def _step(r: Result, name: str) -> Iterator[None]:
+    t = time.monotonic()
+    try:
+        yield
+    finally:
+        r.steps[name] = time.monotonic() - t
+
+
+def _qmp(host: Host, dom: str, step: str, command: str,
+         **arguments: Any) -> Any:
+    """A QMP command through libvirt (which marks the domain tainted)."""
+    msg: dict[str, Any] = {"execute": command}
+    if arguments:
+        msg["arguments"] = arguments
+    out = host.virsh(step, "qemu-monitor-command", dom, json.dumps(msg))
+    return json.loads(out)["return"]
+
+
+def _bitmaps(host: Host, dom: str, step: str) -> str:
+    """name(persistent, granularity, dirty bytes) of hdb's bitmaps."""
+    out = []
+    for n in _qmp(host, dom, step, "query-named-block-nodes", flat=True):
+        if n.get("drv") != "qcow2":
+            continue
+        for b in n.get("dirty-bitmaps", []):
+            out.append(f"{b['name']}(persistent={b.get('persistent')}, "
+                       f"granularity={b['granularity'] // KiB} KiB, "
+                       f"dirty={b['count'] // KiB} KiB)")
+    return ", ".join(out) or "none"
+
+
+def _live_on(host: Host, dom: str) -> bool:
+    """QEMU's own state of dirty-bitmaps-live: whether the ``-global``
+    given through ``<qemu:commandline>`` took effect and libvirt left it
+    so (stock QEMU has no such capability: False)."""
+    caps = _qmp(host, dom, "query-migrate-capabilities",
+                "query-migrate-capabilities")
+    return any(c["capability"] == "dirty-bitmaps-live" and c["state"]
+               for c in caps)
+
+
+def _jobinfo(host: Host, dom: str) -> dict[str, str]:
+    out = host.virsh("domjobinfo --completed", "domjobinfo", dom,
+                     "--completed", check=False)
+    info = {}
+    for line in out.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            info[k.strip()] = v.strip()
+    return info
+
+
+_MSG = re.compile(r"QEMU_MONITOR_SEND_MSG: mon=\S+ msg=(\{.*)")
+
+
+def _sent(host: Host, offset: int, command: str) -> list[dict[str, Any]]:
+    """QMP *command*s libvirtd sent since log *offset*: the evidence of
+    what libvirt itself asked QEMU to do."""
+    out = []
+    for line in host.log()[offset:].splitlines():
+        m = _MSG.search(line)
+        if m and f'"{command}"' in m.group(1):
+            out.append(json.JSONDecoder().raw_decode(m.group(1))[0])
+    return out
+
+
+_REPLY = re.compile(r"QEMU_MONITOR_RECV_REPLY: mon=\S+ reply=(\{.*)")
+
+
+def _bitmap_stats(host: Host, offset: int) -> dict[str, Any]:
+    """The patched QEMU's ``query-migrate`` ``dirty-bitmaps`` statistics
+    from the last reply libvirt received (libvirt polls query-migrate
+    itself), with the migration status; empty with stock QEMU."""
+    stats: dict[str, Any] = {}
+    for line in host.log()[offset:].splitlines():
+        m = _REPLY.search(line)
+        if not m or '"dirty-bitmaps": {' not in m.group(1):
+            continue
+        ret = json.JSONDecoder().raw_decode(m.group(1))[0].get("return")
+        if isinstance(ret, dict) and isinstance(ret.get("dirty-bitmaps"),
+                                                dict):
+            stats = dict(ret["dirty-bitmaps"], status=ret.get("status"))
+    return stats
+
+
+def _du(path: Path) -> int:
+    """Bytes actually allocated under *path* (sparse files count small)."""
+    if path.is_file():
+        return path.stat().st_blocks * 512
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*")
+               if p.is_file())
+
+
+def _restore(host: Host, images: Path, out: Path, until: str | None,
+             step: str) -> Path:
+    """virtnbdrestore of disk hdb into *out*; the restored image.  It runs
+    on a host because virtnbdrestore always connects to libvirt."""
+    out.mkdir()
+    argv = ["virtnbdrestore", "-n", "-d", "hdb", "-i", str(images),
+            "-o", str(out), "-L", str(out / "restore.log"),
+            "-f", str(out / "nbd.sock")]
+    if until:
+        argv += ["--until", until]
+    host.run(step, *argv, timeout=600)
+    got = [p for p in out.iterdir() if p.suffix not in (".log", ".xml",
+                                                         ".sock")]
+    if len(got) != 1:
+        raise LibvirtError(f"{step}: expected one restored image in {out}, "
+                           f"found {sorted(got)}")
+    return got[0]
+
+
+def _migrate(a: Host, b: Host, dom: str, flags: list[str],
+             r: Result) -> tuple[int, str]:
+    """``virsh migrate`` from *a* to *b*, watched: past MIGRATE_TIMEOUT
+    the downtime limit is raised, past GIVE_UP the job is aborted
+    (``r.converged`` False).  Returns virsh's exit code and stderr."""
+    proc = a.popen("virsh", "-c", "qemu:///system", "migrate", *flags, dom,
+                   b.uri)
+    try:
+        try:
+            _, err = proc.communicate(timeout=MIGRATE_TIMEOUT)
+            return proc.returncode, err
+        except subprocess.TimeoutExpired:
+            pass
+        a.virsh("raise the downtime limit", "migrate-setmaxdowntime", dom,
+                str(RAISED_DOWNTIME_MS))
+        r.raised_downtime = True
+        try:
+            _, err = proc.communicate(timeout=GIVE_UP)
+            return proc.returncode, err
+        except subprocess.TimeoutExpired:
+            pass
+        a.virsh("abort the migration that does not converge", "domjobabort",
+                dom, check=False)
+        r.converged = False
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
+             storage: str, p: Probe) -> Result:
+    """One flavour x storage run from host a to host b; never raises for a
+    failing step: the step, command and stderr go into ``Result.error``."""
+    if storage not in STORAGES:
+        raise ValueError(f"unknown storage {storage!r}; known: {STORAGES}")
+    r = Result(flavour, storage)
+    qemu_img = binary(layout, "qemu-img", flavour)
+    dom = f"pqlv-{flavour}-{storage}"
+    base = hosts.shared / dom
+    base.mkdir()
+    serial = base / "serial.log"
+    backup = base / "backup"
+    if storage == "shared":
+        inside = str(base)
+        dirs = [base]
+    else:
+        inside = f"/var/lib/libvirt/images/{dom}"
+        dirs = [a.private(inside), b.private(inside)]
+    qemu_args: tuple[str, ...] = ()
+    if flavour != "stock":
+        if not p.live_property:
+            raise LibvirtError(f"{p.binary} has no migration property "
+                               "x-dirty-bitmaps-live: not the v2 series")
+        r.live = " ".join(LIVE_ARGS)
+        qemu_args = LIVE_ARGS
+    try:
+        with _step(r, "create images"):
+            for d in dirs:
+                d.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(guest.build(layout, WRITER), d / "boot.img")
+                run([qemu_img, "create", "-q", "-f", "qcow2",
+                     d / "disk.qcow2", str(DISK_SIZE)],
+                    what="create the 4 TiB qcow2")
+        xml = base / "domain.xml"
+        xml.write_text(domain_xml(dom, p.binary, f"{inside}/boot.img",
+                                  f"{inside}/disk.qcow2", serial, qemu_args))
+        with _step(r, "define + start"):
+            a.virsh("define", "define", str(xml))
+            a.virsh("start", "start", dom)
+        r.writes["started"] = guest.wait_progress(serial, WRITES_BETWEEN, 120)
+
+        with _step(r, "checkpoint-create-as"):
+            # the raw boot disk cannot hold a bitmap
+            a.virsh("checkpoint-create-as", "checkpoint-create-as", dom,
+                    "pq-manual", "--diskspec", "hda,checkpoint=no",
+                    "--diskspec", "hdb,checkpoint=bitmap")
+            cxml = ElementTree.fromstring(a.virsh(
+                "checkpoint-dumpxml", "checkpoint-dumpxml", dom, "pq-manual"))
+            r.checkpoint = "; ".join(
+                f"{d.get('name')}: {d.get('checkpoint')} "
+                f"{d.get('bitmap') or ''}".strip()
+                for d in cxml.findall("./disks/disk")) + " -> in QEMU: " + \
+                _bitmaps(a, dom, "bitmaps of the checkpoint")
+            a.virsh("checkpoint-delete", "checkpoint-delete", dom,
+                    "pq-manual")
+        with _step(r, "virtnbdbackup full"):
+            a.run("virtnbdbackup -l full", "virtnbdbackup", "-n", "-d", dom,
+                  "-l", "full", "-o", str(backup),
+                  "-f", str(base / "nbd-full.sock"), timeout=600)
+        r.writes["after full"] = guest.wait_progress(
+            serial, guest.progress(serial) + WRITES_BETWEEN, 120)
+
+        r.live_on = _live_on(a, dom)
+        offset = len(a.log())
+        flags = ["--live", "--persistent", "--undefinesource"]
+        flags += ["--copy-storage-all"] if storage == "copy" else []
+        r.writes["migrate start"] = guest.progress(serial)
+        with _step(r, "virsh migrate"):
+            rc, err = _migrate(a, b, dom, flags, r)
+            if rc != 0 and "unsafe" in err.lower() and r.converged:
+                # libvirt cannot know that /tmp is the same file system
+                # on both "hosts"; see the report
+                r.unsafe = tail(err, 3)
+                rc, err = _migrate(a, b, dom, flags + ["--unsafe"], r)
+            if not r.converged:
+                return r
+            if rc != 0:
+                raise LibvirtError(f"[host a] virsh migrate "
+                                   f"{' '.join(flags)} {dom} {b.uri}: "
+                                   f"exit {rc}: {tail(err)}")
+        r.writes["migrate end"] = guest.progress(serial)
+        r.jobinfo = _jobinfo(b, dom)
+        sets = _sent(a, offset, "migrate-set-capabilities")
+        if sets:
+            caps = sets[-1]["arguments"]["capabilities"]
+            r.caps_sent = tuple(c["capability"] for c in caps)
+            r.caps_enabled = tuple(c["capability"] for c in caps
+                                   if c["state"])
+        r.bitmap_stats = _bitmap_stats(a, offset)
+        for s in _sent(a, offset, "migrate-set-parameters"):
+            r.mapping += s["arguments"].get("block-bitmap-mapping", [])
+        r.dst_bitmaps = _bitmaps(b, dom, "bitmaps on the destination")
+        r.dst_checkpoints = b.virsh("checkpoints on the destination",
+                                    "checkpoint-list", dom, "--name").strip()
+
+        r.writes["on destination"] = guest.wait_progress(
+            serial, r.writes["migrate end"] + WRITES_BETWEEN, 120)
+        b.virsh("suspend", "suspend", dom)
+        r.writes["suspended"] = guest.progress(serial)
+        with _step(r, "virtnbdbackup inc"):
+            b.run("virtnbdbackup -l inc", "virtnbdbackup", "-n", "-d", dom,
+                  "-l", "inc", "-o", str(backup),
+                  "-f", str(base / "nbd-inc.sock"), timeout=600)
+        b.virsh("destroy", "destroy", dom)
+        disk = dirs[-1] / "disk.qcow2"
+        r.redefined = any("Redefine missing checkpoint" in
+                          f.read_text(errors="replace")
+                          for f in backup.glob("backup.inc.*.log"))
+
+        with _step(r, "virtnbdrestore"):
+            restored = _restore(b, backup, base / "restore", None,
+                                "virtnbdrestore of the chain")
+        with _step(r, "qemu-img compare"):
+            r.restored_equal = compare(layout, flavour, restored,
+                                       disk) == "identical"
+        control = _restore(b, backup, base / "control",
+                           "virtnbdbackup.0", "virtnbdrestore of the full "
+                           "backup alone")
+        r.control_differs = compare(layout, flavour, control,
+                                    disk) != "identical"
+        fulls = list(backup.glob("hdb.full.data"))
+        incs = list(backup.glob("hdb.inc.*.data"))
+        r.sizes = {"disk": _du(disk),
+                   "full": sum(_du(f) for f in fulls),
+                   "inc": sum(_du(f) for f in incs)}
+    except (PyqemuError, TimeoutError) as e:
+        r.error = str(e)
+    finally:
+        for h in (a, b):
+            h.virsh("destroy", "destroy", dom, check=False)
+            h.virsh("undefine", "undefine", dom, "--checkpoints-metadata",
+                    check=False)
+    return r
+
+
+# -- the whole check ------------------------------------------------------
+
+@dataclass
+class Check:
+    probes: list[Probe]
+    domcaps: dict[str, str]         # flavour -> libvirt's verdict
+    results: list[Result]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.ok for r in self.results)
+
+
+def run_all(layout: Layout, flavours: tuple[str, ...] = ("stock", "patched"),
+            storages: tuple[str, ...] = STORAGES) -> Check:
+    """Every flavour x storage scenario on one pair of libvirt hosts."""
+    probes = [probe(layout, f) for f in flavours]
+    check = Check(probes, {}, [])
+    hosts = Hosts()
+    with hosts as (a, b):
+        for p in probes:
+            hosts.use_tools({t: binary(layout, t, p.flavour)
+                             for t in ("qemu-img", "qemu-nbd")})
+            check.domcaps[p.flavour] = domcapabilities(a, p)
+            for storage in storages:
+                check.results.append(scenario(layout, hosts, a, b, p.flavour,
+                                              storage, p))
+    return check
+
+
+def travel(r: Result) -> str:
+    """How the checkpoint's bitmap reached the destination, from what was
+    observed: the capabilities libvirt enabled, QEMU's dirty-bitmaps-live
+    and the bytes the patched QEMU counted."""
+    sent = r.bitmap_stats.get("transferred", 0)
+    if "dirty-bitmaps" not in r.caps_enabled:
+        how = "in the qcow2 (libvirt: dirty-bitmaps off)"
+        if r.live_on:
+            how += ("; dirty-bitmaps-live on, inert" if not sent else
+                    f"; dirty-bitmaps-live NOT inert: {fmt_bytes(sent)} sent")
+        return how
+    if not r.live_on:
+        return "migration stream, in the downtime"
+    return (f"migration stream, live: {fmt_bytes(sent)} sent, "
+            f"{fmt_bytes(r.bitmap_stats.get('downtime-transferred'))} "
+            "in the downtime")
+
+
+def _ms(r: Result, key: str) -> str:
+    v = r.jobinfo.get(key, "")
+    return v.replace(" ms", "") if v else "-"
+
+
+def _mapping(m: list[Any]) -> str:
+    return "; ".join(
+        f"{n['node-name']}: " + ", ".join(b["name"] for b in n["bitmaps"])
+        for n in m) or "none"
+
+
+def _yes(v: bool | None) -> str:
+    return {True: "yes", False: "NO", None: "-"}[v]
+
+
+def report(check: Check) -> str:
+    """The table, the findings, and as the last line the verdict."""
+    out = []
+    for p in check.probes:
+        out.append(
+            f"{p.flavour} QEMU {p.binary}: libvirt domcapabilities -> "
+            f"{check.domcaps.get(p.flavour, 'not asked')}; capability "
+            f"dirty-bitmaps-live: {'yes' if p.live_capability else 'no'}; "
+            f"property migration.x-dirty-bitmaps-live: "
+            f"{'yes' if p.live_property else 'no'}")
+    rows = []
+    for r in check.results:
+        rows.append((
+            r.flavour, r.storage,
+            f"{r.steps.get('virsh migrate', 0):.1f}"
+            + (" (limit raised)" if r.raised_downtime else "")
+            if r.converged else "not converged",
+            _ms(r, "Total downtime"), _ms(r, "Downtime w/o network"),
+            ",".join(c for c in r.caps_enabled if c != "events") or "-",
+            travel(r) if r.converged and r.caps_sent else "-",
+            f"{r.writes.get('migrate end', 0) - r.writes.get('migrate start', 0)}",
+            fmt_bytes(r.sizes.get("full")), fmt_bytes(r.sizes.get("inc")),
+            _yes(r.restored_equal), _yes(r.control_differs)))
+    out.append("")
+    out.append(markdown_table(
+        ("QEMU", "storage", "virsh migrate s", "downtime ms",
+         "w/o network ms", "caps libvirt set", "bitmap travelled",
+         "writes during", "full backup", "inc backup", "restored == disk",
+         "full alone != disk"), rows))
+    out.append("")
+    for r in check.results:
+        head = f"{r.flavour}/{r.storage}:"
+        if r.error:
+            out.append(f"{head} FAILED: {r.error}")
+        steps = ", ".join(f"{k} {v:.1f}s" for k, v in r.steps.items())
+        out.append(f"{head} steps: {steps}")
+        if r.live != "no":
+            out.append(f"{head} <qemu:commandline> {r.live}; QEMU's "
+                       f"dirty-bitmaps-live before migrating: "
+                       f"{_yes(r.live_on)}")
+        if r.checkpoint:
+            out.append(f"{head} checkpoint-create-as made {r.checkpoint}")
+        if r.raised_downtime:
+            out.append(f"{head} not converged in {MIGRATE_TIMEOUT} s; "
+                       "virsh migrate-setmaxdowntime "
+                       f"{RAISED_DOWNTIME_MS} ms " +
+                       ("let it complete" if r.converged else
+                        f"did not help within {GIVE_UP} s: aborted"))
+        if r.unsafe:
+            out.append(f"{head} without --unsafe libvirt said: "
+                       + r.unsafe.replace("\n", " "))
+        if r.caps_sent:
+            out.append(f"{head} libvirt set capabilities {', '.join(r.caps_sent)};"
+                       f" enabled: {', '.join(r.caps_enabled) or 'none'}")
+        out.append(f"{head} block-bitmap-mapping from libvirt: "
+                   f"{_mapping(r.mapping)}; bitmaps on the destination: "
+                   f"{r.dst_bitmaps or '-'}")
+        if r.converged and r.restored_equal is not None:
+            out.append(f"{head} libvirt checkpoints on the destination "
+                       f"after the migration: {r.dst_checkpoints or 'none'}"
+                       "; virtnbdbackup redefined them from its backup "
+                       f"directory: {'yes' if r.redefined else 'no'}")
+        if r.bitmap_stats:
+            bs = r.bitmap_stats
+            out.append(f"{head} QEMU's dirty-bitmaps statistics (last "
+                       f"query-migrate by libvirt, status "
+                       f"{bs.get('status')}): sent "
+                       f"{fmt_bytes(bs.get('transferred'))}, of which in "
+                       f"downtime {fmt_bytes(bs.get('downtime-transferred'))}"
+                       f", chunks sent again {bs.get('resent-chunks', '-')}")
+        if r.sizes:
+            out.append(f"{head} disk {fmt_bytes(r.sizes['disk'])} allocated "
+                       f"of {DISK_SIZE // TiB} TiB; writes "
+                       + ", ".join(f"{k} {v}" for k, v in r.writes.items()))
+    migrated = [r for r in check.results if r.converged]
+    equal = sum(1 for r in migrated if r.restored_equal)
+    stuck = [f"{r.flavour}/{r.storage}" for r in check.results
+             if not r.converged]
+    why = f"; {', '.join(stuck)} did not converge" if stuck else ""
+    if check.ok:
+        out.append(f"restored disk equals the disk: yes ({equal}/"
+                   f"{len(migrated)} migrated scenarios, each full backup "
+                   f"alone differs{why})")
+    else:
+        out.append(f"restored disk equals the disk: NO (equal in {equal}/"
+                   f"{len(migrated)} migrated scenarios{why}; see the "
+                   "failures above)")
+    return "\n".join(out)
+
+
+def main(layout: Layout,
+         flavours: tuple[str, ...] = ("stock", "patched")) -> int:
+    """``pyqemu check libvirt``: build if needed, run, print, and save
+    under bench/libvirt; exit 1 unless every scenario is as it must be."""
+    build(layout)
+    check = run_all(layout, flavours)
+    text = report(check)
+    bench_results.save(layout, "libvirt", text, {
+        "probes": [dict(asdict(p), binary=str(p.binary))
+                   for p in check.probes],
+        "domcapabilities": check.domcaps,
+        "results": [dict(asdict(r), downtime_ms=r.downtime_ms, ok=r.ok,
+                         bitmap_travelled=travel(r))
+                    for r in check.results]})
+    print(text)
+    return 0 if check.ok else 1
