@@ -11,7 +11,9 @@ that many places would leave behind).
 Per case: converged?, total time, downtime, the downtime of the same VM
 without bitmaps (each build's own baseline), bitmap bytes on the wire
 (patched reports them in query-migrate) against the serialized bitmap
-size, and how much of it fell into the downtime.
+size, and how much of it fell into the downtime.  Then the same
+comparison with a Linux guest writing all through the migration
+(:mod:`pyqemu.bench.linux`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..machine.vm import Bitmap, Disk, Pair
 from ..paths import Layout
 from ..report.table import markdown_table
 from ..util.units import GiB, KiB, MiB, TiB, fmt_bytes, fmt_size
+from . import linux
 from .results import save
 
 GRANULARITY = 64 * KiB
@@ -259,6 +262,7 @@ def main(layout: Layout, quick: bool = False) -> int:
     start = time.monotonic()
     cases = sweep(layout, sizes, counts)
     points = downtime_sweep(layout, sizes[-3:], 8)
+    guest_runs = linux.run(layout)
     md = (f"Migration of 64 KiB-granularity bitmaps with a write in every "
           f"1 KiB chunk (at most {MAX_WRITES} writes), max-bandwidth "
           f"{PARAMS['max-bandwidth'] // MiB} MiB/s,"
@@ -269,10 +273,13 @@ def main(layout: Layout, quick: bool = False) -> int:
           "meets too (1 GiB/s, avail-switchover-bandwidth 1 GiB/s, "
           "downtime-limit 20 s): stock sends every bitmap, and the "
           "destination finishes it, inside the downtime.\n\n" +
-          downtime_table(points))
+          downtime_table(points) + "\n\n" + linux.describe() + "\n\n" +
+          linux.table(guest_runs))
     d = save(layout, "migrate", md, [asdict(c) for c in cases])
     (d / "downtime.json").write_text(json.dumps([asdict(p) for p in points],
                                                 indent=1))
+    (d / "linux-guest.json").write_text(json.dumps(
+        [asdict(r) for r in guest_runs], indent=1))
     plot(cases, points, d / "migrate.png")
     print(md)
     print(f"\n(written to {d}/results.md, results.json, migrate.png; "
