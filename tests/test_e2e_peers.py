@@ -61,18 +61,14 @@ def migrate_while_writing(src: VM, dst: VM, uri: str, live: bool,
                           downtime_ms: int = 300) -> None:
     src.add_bitmaps()
     guest.wait_progress(src.serial_log, 64)
-    caps = {"dirty-bitmaps": True, "events": True,
-            "pause-before-switchover": True}
+    caps = {"dirty-bitmaps": True, "events": True}
     src_caps = dict(caps, **({"dirty-bitmaps-live": True} if live else {}))
-    migration.set_capabilities(dst, {"dirty-bitmaps": True, "events": True})
-    migration.set_capabilities(src, src_caps)
-    migration.set_parameters(src, {"max-bandwidth": 32 * MiB,
-                                   "downtime-limit": downtime_ms})
-    dst.cmd("migrate-incoming", uri=uri)
-    src.cmd("migrate", uri=uri)
-    during = guest.progress(src.serial_log)
-    migration.wait(src, ("pre-switchover",), 120)
-    assert guest.progress(src.serial_log) > during, "the guest did not write"
+    # an older destination does not know dirty-bitmaps-live
+    during, at_switchover = migration.to_switchover(
+        src, dst, uri, src_caps,
+        {"max-bandwidth": 32 * MiB, "downtime-limit": downtime_ms},
+        lambda: guest.progress(src.serial_log), 120, dst_caps=caps)
+    assert at_switchover > during, "the guest did not write"
     shas = src.all_sha256()
     migration.switch_over(src, dst, 120)
     assert dst.all_sha256() == shas

@@ -11,7 +11,6 @@ must exit with status 0 and a log free of sanitizer and assertion reports.
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from pyqemu.util.units import KiB, MiB, TiB
 
 ROUNDS = 6
 BITMAPS = tuple(Bitmap(f"bm{i}", 64 * KiB) for i in range(8))
-REPORTS = ("AddressSanitizer", "runtime error:", "Assertion", "LeakSanitizer")
 
 
 def start_live_migration(layout: Layout, workdir: Path,
@@ -50,24 +48,13 @@ def start_live_migration(layout: Layout, workdir: Path,
     return src, dst
 
 
-def assert_clean_exit(vm: VM) -> None:
-    vm.machine.wait(timeout=60)
-    log = vm.machine.get_log() or ""
-    assert vm.machine.exitcode() == 0, log[-2000:]
-    for report in REPORTS:
-        assert report not in log, log[-4000:]
-
-
 @pytest.mark.parametrize("how", ["quit", "sigterm"])
 def test_quit_during_live_bitmap_migration(layout, workdir, how):
     for n in range(ROUNDS):
         src, dst = start_live_migration(layout, workdir, n)
         try:
-            if how == "quit":
-                src.machine.qmp("quit")
-            else:
-                os.kill(src.machine.get_pid(), signal.SIGTERM)
-            assert_clean_exit(src)
+            # exit status 0, and no assertion or sanitizer report
+            src.quit(sig=None if how == "quit" else signal.SIGTERM)
         finally:
             dst.shutdown()
             src.shutdown()

@@ -61,7 +61,8 @@ def start(src: VM, dst: VM, uri: str, caps: dict[str, bool],
 
 def to_switchover(src: VM, dst: VM, uri: str, caps: dict[str, bool],
                   params: dict[str, Any], progress: Callable[[], int],
-                  timeout: float = 120) -> tuple[int, int]:
+                  timeout: float = 120,
+                  dst_caps: dict[str, bool] | None = None) -> tuple[int, int]:
     """Start a migration that stops the source before the switchover
     (``pause-before-switchover``), and wait for that stop.
 
@@ -70,7 +71,7 @@ def to_switchover(src: VM, dst: VM, uri: str, caps: dict[str, bool],
     migration needs the second to be larger, else it proves nothing.
     """
     start(src, dst, uri, dict(caps, **{"pause-before-switchover": True}),
-          params)
+          params, dst_caps)
     during = progress()
     wait(src, ("pre-switchover",), timeout)
     return during, progress()

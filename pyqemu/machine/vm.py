@@ -12,6 +12,7 @@ storage, so a "16 TiB disk" is a 16 TiB bitmap and nothing else.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import sys
@@ -26,9 +27,9 @@ from ..paths import Layout
 from ..util.proc import deathsig_wrapper
 
 #: What QEMU prints when it dies of a bug rather than of our kill.
-CRASH = re.compile(r"Assertion .* failed|ERROR: AddressSanitizer|"
-                   r"runtime error:|SUMMARY: UndefinedBehaviorSanitizer|"
-                   r"ERROR: LeakSanitizer")
+CRASH = re.compile(r"Assertion .* failed|assertion failed|AddressSanitizer|"
+                   r"runtime error:|UndefinedBehaviorSanitizer|"
+                   r"LeakSanitizer")
 
 
 # How QEMU ended is judged here (Exit.problem); qemu.machine's own
@@ -175,19 +176,24 @@ class VM:
                              self.machine.get_log() or "")
         return self.exit
 
-    def quit(self, timeout: int = 60) -> Exit:
-        """End QEMU the way a user does, with QMP ``quit``, and require
-        exit status 0 and no crash report: a QEMU that aborts while
-        closing its images (after a migration, say) is a failure that a
-        kill would hide.  Also a failure: a QEMU already gone."""
+    def quit(self, timeout: int = 60, sig: int | None = None) -> Exit:
+        """End QEMU the way a user does, with QMP ``quit`` (or the signal
+        *sig*, e.g. SIGTERM from an init system), and require exit status
+        0 and no crash report: a QEMU that aborts while closing its images
+        (after a migration, say) is a failure that a kill would hide.
+        Also a failure: a QEMU already gone."""
         if self.exit is not None or not self.is_running():
             end = self.shutdown()
             raise MachineError(f"{self.name} ({self.flavour}) exited on its "
                                f"own (status {end.code}): "
                                f"{end.problem() or end.log[-2000:]}")
-        # not hard: QEMUMachine sends quit and waits; it kills only if
-        # QEMU is still there after the timeout
-        self.machine.shutdown(timeout=timeout)
+        if sig is None:
+            # not hard: QEMUMachine sends quit and waits; it kills only if
+            # QEMU is still there after the timeout
+            self.machine.shutdown(timeout=timeout)
+        else:
+            os.kill(self.machine.get_pid(), sig)
+            self.machine.wait(timeout=timeout)
         self.exit = Exit(self.machine.exitcode(), False,
                          self.machine.get_log() or "")
         problem = self.exit.problem()
