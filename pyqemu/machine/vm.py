@@ -228,6 +228,14 @@ class VM:
     def hmp(self, command_line: str) -> str:
         return self.cmd("human-monitor-command", **{"command-line": command_line})
 
+    def drain_events(self) -> list[dict]:
+        """Every QMP event received since the last call, oldest first.
+
+        Events carry QEMU's own timestamp, so two processes on one host
+        can be set against each other (a source's STOP and a
+        destination's RESUME) without the harness's polling in between."""
+        return list(self.machine.get_qmp_events(wait=False))
+
     # -- bitmaps -----------------------------------------------------------
 
     def add_bitmaps(self) -> None:

@@ -1,0 +1,98 @@
+"""What ``bench migrate`` builds its comparison on must itself be right.
+
+The benchmark does not assert, so these tests hold its instruments to
+account: the density fill must produce exactly the bitmaps it claims,
+the byte count read from the stock build's trace must agree with the
+series' own counter, and the "bytes at risk" must see a postcopy phase
+(and see none in live mode, which is the series' promise).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyqemu.bench import fill, modes
+from pyqemu.machine.vm import VM, Bitmap, Disk
+from pyqemu.paths import Layout
+from pyqemu.util.units import GiB, KiB, MiB, TiB
+
+PARAMS = {"max-bandwidth": 400 * MiB, "downtime-limit": 300}
+
+
+@pytest.mark.parametrize("density", fill.DENSITIES)
+def test_fill_makes_exactly_the_claimed_bitmaps(layout: Layout,
+                                                workdir: Path,
+                                                density: str) -> None:
+    """Every bitmap of the disk holds the density's ranges, and nothing
+    else: compared region by region, not by count alone."""
+    size = 3 * TiB + 5 * GiB        # not a multiple of any stretch
+    disk = Disk("disk0", size, bitmaps=(Bitmap("a", 64 * KiB),
+                                        Bitmap("b", 64 * KiB)))
+    with VM(layout, "src", [disk], "patched", workdir) as vm:
+        vm.add_bitmaps()
+        fill.fill(vm, disk, density)
+        want = fill.ranges(size, 64 * KiB, density)
+        for name in ("a", "b"):
+            got = vm.regions("disk0", name, max_regions=4096)
+            assert _merged(got) == _merged(want), (density, name)
+        count = vm.bitmaps()[("disk0", "a")]["count"]
+        assert count == min(fill.dirty_bits(size, 64 * KiB, density) *
+                            64 * KiB, size)
+        # the helper node is gone, and with it its bitmap
+        assert {n["node-name"] for n in vm.cmd("query-named-block-nodes",
+                                               flat=True)} == {"disk0"}
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for off, length in sorted(ranges):
+        if out and out[-1][0] + out[-1][1] == off:
+            out[-1] = (out[-1][0], out[-1][1] + length)
+        else:
+            out.append((off, length))
+    return out
+
+
+def test_fill_refuses_mixed_granularities(layout: Layout,
+                                          workdir: Path) -> None:
+    disk = Disk("disk0", TiB, bitmaps=(Bitmap("a", 64 * KiB),
+                                       Bitmap("b", 4 * KiB)))
+    with VM(layout, "src", [disk], "patched", workdir) as vm:
+        vm.add_bitmaps()
+        with pytest.raises(ValueError, match="one granularity"):
+            fill.fill(vm, disk, "full")
+
+
+@pytest.mark.parametrize("density", ("sparse", "full"))
+def test_trace_bytes_agree_with_the_series_counter(layout: Layout,
+                                                   workdir: Path,
+                                                   density: str) -> None:
+    """Stock has no bitmap byte counter, so the bench counts its chunks
+    in the trace.  On the patched build both exist: they must agree to
+    within the bitmaps' names, which ride on their first chunk only.
+    Postcopy requested at once: every chunk goes after the switchover,
+    so the bytes at risk are all of them."""
+    mode = modes.Mode("postcopy, counted twice", "patched", postcopy_after=0)
+    s = modes.run(layout, mode, 4 * TiB, 3, density, PARAMS, workdir)
+    assert s.converged, s
+    assert s.postcopy == "entered"
+    assert s.wire and s.traced_wire
+    assert 0 <= s.wire - s.traced_wire <= 3 * 64, (s.wire, s.traced_wire)
+    assert s.at_risk == s.traced_wire
+    assert s.risk_ms is not None and s.risk_ms > 0
+    assert s.equal is True
+
+
+def test_live_mode_leaves_nothing_for_after_the_switchover(
+        layout: Layout, workdir: Path) -> None:
+    """Live mode plus a postcopy request that comes only after the bulk
+    phase: no chunk may follow the switchover."""
+    mode = modes.Mode("live, late postcopy", "patched", live=True,
+                      postcopy_after=30)
+    s = modes.run(layout, mode, 4 * TiB, 2, "full", PARAMS, workdir)
+    assert s.converged and s.equal is True, s
+    assert s.postcopy == "", s          # completed long before 30 s
+    assert s.at_risk == 0 and s.at_risk_chunks == 0
+    assert s.usable_ms is not None and s.visible_downtime_ms is not None
