@@ -45,7 +45,10 @@ from ..util.poll import PollTimeout, until
 from ..util.units import KiB, MiB, TiB, fmt_bytes, fmt_size
 
 MODES = ("stock postcopy", "patched live")
-FAULTS = ("kill-destination", "kill-source", "cut-link")
+#: "none" is the control: the same migration, not broken, must leave
+#: every bitmap on the destination in both modes, or the losses below
+#: would prove nothing.
+FAULTS = ("none", "kill-destination", "kill-source", "cut-link")
 #: The migration states in which a side is still migrating: a fault is
 #: over for a side once it left them (or the deadline passed).
 MIGRATING = ("setup", "active", "device", "pre-switchover",
@@ -98,6 +101,8 @@ class Side:
     said: list[str] = field(default_factory=list)
     #: the answer to migrate_cancel on a side left stuck migrating
     cancel: str | None = None
+    #: a source whose destination died, told to ``cont``: what it says
+    resume: str | None = None
 
     @property
     def runs(self) -> bool:
@@ -279,9 +284,27 @@ def _said(vm: VM) -> list[str]:
     return lines
 
 
-def _survivor(vm: VM, expected: dict[str, str], killed: bool) -> Side:
+def _resume(vm: VM, expected: dict[str, str]) -> str:
+    """``cont`` on a source whose destination died: what an administrator
+    tries to get the VM back, and whether its bitmaps come back with it."""
+    try:
+        vm.cmd("cont")
+    except Exception as e:
+        return f"refused: {e}"
+    try:
+        state = until(lambda: migration.run_state(vm),
+                      lambda s: s == "running", 10, f"{vm.name} to run")
+    except PollTimeout as e:
+        return f"accepted, but {e}"
+    now = Side("", state, "", _bitmaps(vm, expected))
+    return f"{state}, bitmaps: {_summary(now)}"
+
+
+def _survivor(vm: VM, expected: dict[str, str], killed: bool,
+              resume: bool = False) -> Side:
     """What is left on one side after the fault: its migration once it
-    stopped migrating, its VM, its bitmaps; then how its process ends."""
+    stopped migrating, its VM, its bitmaps; then (with *resume*) whether
+    ``cont`` brings the VM back, and how its process ends."""
     if killed or not vm.is_running():
         process = _process(vm, killed)
         return Side("-", "-", process, said=_said(vm))
@@ -304,8 +327,9 @@ def _survivor(vm: VM, expected: dict[str, str], killed: bool) -> Side:
             cancel = "accepted"
         except Exception as e:
             cancel = f"refused: {e}"
+    resumed = _resume(vm, expected) if resume else None
     return Side(status, state, _process(vm, False), bitmaps, _said(vm),
-                cancel)
+                cancel, resumed)
 
 
 def run_case(layout: Layout, mode: str, fault: str, setup: Setup,
@@ -337,19 +361,24 @@ def run_case(layout: Layout, mode: str, fault: str, setup: Setup,
                 dst.kill()
             elif fault == "kill-source":
                 src.kill()
-            else:
+            elif fault == "cut-link":
                 link.cut()
             if mode == "stock postcopy":
-                # every bitmap byte goes after the switchover
-                after = setup.serialized()
-                unsent: int | None = max(
-                    0, after - (before_fault - at_switchover))
+                # every bitmap byte goes after the switchover; the control
+                # measures it: the stream from now to the end
+                after: int | None = setup.serialized()
+                if fault == "none":
+                    _settle(src)
+                    after = _transferred(src) - at_switchover
+                unsent = None if fault == "none" or after is None else \
+                    max(0, after - (before_fault - at_switchover))
             else:
                 after = bm_info.get("remaining")
-                unsent = after
+                unsent = None if fault == "none" else after
             destination = _survivor(dst, expected,
                                     fault == "kill-destination")
-            source = _survivor(src, expected, fault == "kill-source")
+            source = _survivor(src, expected, fault == "kill-source",
+                               resume=fault == "kill-destination")
             if fault == "cut-link":
                 link.restore()
     return SafetyResult(mode, fault, run, after, unsent, source, destination)
@@ -405,6 +434,8 @@ def table(results: list[SafetyResult]) -> str:
             if side.cancel:
                 notes.append(f"- {case}: migrate_cancel on the {name}: "
                              f"{side.cancel}")
+            if side.resume:
+                notes.append(f"- {case}: cont on the {name}: {side.resume}")
     out = markdown_table(
         ("mode", "fault", "source migration / VM", "source process",
          "destination migration / VM", "destination process",
@@ -435,8 +466,13 @@ def describe(setup: Setup | None = None) -> str:
         "switchover, prefixed 'busy'/'inconsistent' when flagged. "
         "'bitmap bytes after switchover': what still had to cross the link "
         "once the destination ran (stock: all of it; patched: query-migrate's "
-        "remaining), 'unsent at fault': of that, not yet sent when the fault "
-        "hit (stock: estimated from the stream bytes sent meanwhile).")
+        "remaining; the stock control row measures the stream from then to "
+        "the end), 'unsent at fault': of that, not yet sent when the fault "
+        "hit (stock: estimated from the stream bytes sent meanwhile). Fault "
+        "'none' is the control: the same migration, unbroken. Where the "
+        "destination was killed, the source is then told to 'cont' (notes), "
+        "and a side stuck in postcopy-paused to 'migrate_cancel'. "
+        f"Survivors end with 'quit' and must exit 0 within {QUIT_TIMEOUT} s.")
 
 
 def main(layout: Layout, runs: int = 1) -> int:
