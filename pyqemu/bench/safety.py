@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..log import info
+from ..log import info, warn
 from ..machine import migration
 from ..machine.netns import Link
 from ..machine.vm import VM, Bitmap, Disk, MachineError
@@ -120,6 +120,8 @@ class SafetyResult:
     unsent_at_fault: int | None
     source: Side
     destination: Side
+    #: the case itself broke before its fault (a set-up deadline passed)
+    error: str | None = None
 
     def complete_on(self, side: Side) -> int:
         """How many bitmaps on *side* are complete: present, not busy, and
@@ -396,8 +398,15 @@ def run(layout: Layout, runs: int = 1, setup: Setup | None = None,
                     info(f"safety: {mode}, {fault}, run {i + 1}/{runs}")
                     d = Path(tmp) / f"{i}-{mode.split()[0]}-{fault}"
                     d.mkdir()
-                    results.append(run_case(layout, mode, fault, setup, d,
-                                            i, fill))
+                    try:
+                        results.append(run_case(layout, mode, fault, setup,
+                                                d, i, fill))
+                    except Exception as e:  # one broken case, not the table
+                        warn(f"safety: {mode}, {fault}: {e}")
+                        gone = Side("-", "-", "-")
+                        results.append(SafetyResult(
+                            mode, fault, i, None, None, gone, gone,
+                            f"{type(e).__name__}: {e}"))
     return results
 
 
@@ -426,6 +435,9 @@ def table(results: list[SafetyResult]) -> str:
             r.destination.process,
             fmt_bytes(r.after_switchover), fmt_bytes(r.unsent_at_fault),
             _summary(r.destination), _summary(r.source), r.vm_runs_on))
+        if r.error:
+            notes.append(f"- {case}: NOT MEASURED, the case broke before "
+                         f"its fault: {r.error}")
         for name, side in (("source", r.source),
                            ("destination", r.destination)):
             if side.said:
