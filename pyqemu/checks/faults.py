@@ -42,17 +42,12 @@ from ..util.units import GiB, KiB, MiB, TiB
 
 GRANULARITIES = {"4k": 4 * KiB, "64k": 64 * KiB, "1m": MiB}
 DISK = 1 * TiB
-PORT = 4444
 SCENARIOS = ("cancel", "kill-destination", "cut-link")
 #: How a stock QEMU ends when the destination dies during bitmap
 #: postcopy: migration_detect_error() pauses a postcopy whose stream
 #: breaks (waiting for a recovery), and the source VM, stopped at the
 #: switch to postcopy, stays stopped.  The series must not change it.
 POSTCOPY_FAILURE = ("postcopy-paused", "finish-migrate")
-#: TCP keep-alive on the migration sockets: the destination only reads,
-#: so without it a dead link leaves it waiting for ever.
-KEEPALIVE = {"keep-alive": True, "keep-alive-idle": 1,
-             "keep-alive-interval": 1, "keep-alive-count": 3}
 
 
 @dataclass
@@ -109,13 +104,6 @@ def twins_equal(src: VM) -> bool:
         src.cmd("cont")
 
 
-def _channels(link: Link) -> list[dict]:
-    """The destination's address, as a migration channel with keep-alive."""
-    return [{"channel-type": "main", "addr": {
-        "transport": "socket", "type": "inet", "host": link.addr["b"],
-        "port": str(PORT), **KEEPALIVE}}]
-
-
 def _destination(layout: Layout, link: Link, workdir: Path, name: str) -> VM:
     """A paused destination listening on the link; never leaked, even if
     its set-up fails half-way."""
@@ -126,7 +114,7 @@ def _destination(layout: Layout, link: Link, workdir: Path, name: str) -> VM:
     try:
         migration.set_capabilities(dst, _caps(live=False))
         migration.set_parameters(dst, {"block-bitmap-mapping": _mapping()})
-        dst.cmd("migrate-incoming", channels=_channels(link),
+        dst.cmd("migrate-incoming", channels=link.channels(),
                 **{"exit-on-error": False})
     except BaseException:
         dst.shutdown()
@@ -146,7 +134,7 @@ def _start(src: VM, link: Link, bandwidth: int, pause: bool = True) -> None:
     migration.set_parameters(src, {"block-bitmap-mapping": _mapping(),
                                    "max-bandwidth": bandwidth,
                                    "downtime-limit": 300})
-    src.cmd("migrate", channels=_channels(link))
+    src.cmd("migrate", channels=link.channels())
 
 
 def _wait_bulk_phase(src: VM) -> None:

@@ -12,7 +12,7 @@ TCP gives up on an unreachable peer only after ``tcp_retries2``
 retransmissions (15 by default: many minutes).  Both namespaces get a
 small value, so that a migration over a cut link fails by itself within
 seconds; the destination, which only reads, needs keep-alive on its
-socket for the same (see :func:`pyqemu.checks.faults`).
+socket for the same (:meth:`Link.channels`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ OURS = re.compile(r"^pq-(\d+)-[0-9a-f]+-[ab]$")
 #: Retransmissions before TCP reports ETIMEDOUT (RTO 200 ms doubling:
 #: about 6 s in all).
 TCP_RETRIES2 = 4
+#: TCP keep-alive on the migration sockets: the destination only reads,
+#: so without it a dead link leaves it waiting for ever.
+KEEPALIVE = {"keep-alive": True, "keep-alive-idle": 1,
+             "keep-alive-interval": 1, "keep-alive-count": 3}
+#: The port a destination listens on, inside its own namespace.
+MIGRATION_PORT = 4444
 
 
 class NetnsError(PyqemuError):
@@ -122,6 +128,14 @@ class Link:
     def wrapper(self, side: str) -> tuple[str, ...]:
         """Prefix that runs a command inside one namespace."""
         return ("ip", "netns", "exec", self.ns[side])
+
+    def channels(self, port: int = MIGRATION_PORT) -> list[dict]:
+        """The destination's address (side ``b``) as migration channels
+        with keep-alive, for ``migrate`` and ``migrate-incoming`` alike: a
+        migration over this link notices a cut by itself."""
+        return [{"channel-type": "main", "addr": {
+            "transport": "socket", "type": "inet", "host": self.addr["b"],
+            "port": str(port), **KEEPALIVE}}]
 
     def __enter__(self) -> "Link":
         deps.ensure(("iproute2",))
