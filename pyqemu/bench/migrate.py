@@ -24,7 +24,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..paths import Layout
-from . import compare, fill
+from . import compare, fill, safety
 from .results import save
 
 
@@ -48,6 +48,10 @@ def main(layout: Layout, quick: bool = False) -> int:
         "summaries": [asdict(s) for s in summaries],
         "targets": [asdict(t) for t in goals],
     }
+    faults = safety.run(layout, runs=1 if quick else 2)
+    parts += ["## A fault right after the switchover\n\n" +
+              safety.describe(), safety.table(faults)]
+    data["safety"] = [asdict(r) for r in faults]
     md = "\n\n".join(parts)
     d = save(layout, "migrate", md, data)
     compare.plot(summaries, d / "downtime.png")

@@ -43,6 +43,7 @@ from ..paths import Layout
 from ..report.table import markdown_table
 from ..util.poll import PollTimeout, until
 from ..util.units import KiB, MiB, TiB, fmt_bytes, fmt_size
+from .fill import fill as fill_bitmaps
 
 MODES = ("stock postcopy", "patched live")
 #: "none" is the control: the same migration, not broken, must leave
@@ -136,33 +137,11 @@ class SafetyResult:
 
 
 def fill_all(vm: VM) -> None:
-    """Make every bitmap declared on *vm*'s disks fully dirty, fast.
-
-    A write through the block layer of a whole 16 TiB disk would take
-    hours; a sparse file's write-zeroes with unmap costs nothing per byte,
-    and dirties its own bitmap, which is then merged into the real ones.
-    """
+    """Every bitmap on *vm*'s disks fully dirty (:mod:`.fill`): every
+    chunk is real data on the wire, the worst case for postcopy."""
     for disk in vm.disks:
-        for gran in sorted({b.granularity for b in disk.bitmaps}):
-            targets = [b.name for b in disk.bitmaps if b.granularity == gran]
-            with tempfile.NamedTemporaryFile(dir="/dev/shm",
-                                             prefix="pq-fill-") as f:
-                f.truncate(disk.size)
-                vm.cmd("blockdev-add", driver="file", filename=f.name,
-                       **{"node-name": "fill", "discard": "unmap"})
-                try:
-                    vm.cmd("block-dirty-bitmap-add", node="fill", name="f",
-                           granularity=gran)
-                    out = vm.hmp(f'qemu-io fill "write -z -u -n 0 '
-                                 f'{disk.size}"')
-                    if "error" in out.lower() or "failed" in out.lower():
-                        raise RuntimeError(f"filling {targets}: {out}")
-                    for name in targets:
-                        vm.cmd("block-dirty-bitmap-merge", node=disk.node,
-                               target=name,
-                               bitmaps=[{"node": "fill", "name": "f"}])
-                finally:
-                    vm.cmd("blockdev-del", **{"node-name": "fill"})
+        if disk.bitmaps:
+            fill_bitmaps(vm, disk, "full")
 
 
 @contextlib.contextmanager
