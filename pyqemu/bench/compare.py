@@ -106,6 +106,8 @@ class Summary:
     usable: Dist | None
     at_risk: int | None          # the worst run
     risk: Dist | None            # ms the guest ran before bitmaps were in
+    save_share: Dist | None      # the bitmap section's part of it, ms,
+    load_share: Dist | None      # on the source and on the destination
     wire_ratio: float | None     # median wire / serialized
     resent: int | None           # median resent chunks
     equal: str
@@ -147,7 +149,11 @@ def summarize(samples: list[Sample]) -> list[Summary]:
                 dist([s.total_ms for s in ok]),
                 dist([s.usable_ms for s in ok]),
                 max(risks) if risks else None,
-                dist([s.risk_ms for s in ok]), ratio,
+                dist([s.risk_ms for s in ok]),
+                dist([s.bitmap_save_us / 1000 for s in ok
+                      if s.bitmap_save_us is not None]),
+                dist([s.bitmap_load_us / 1000 for s in ok
+                      if s.bitmap_load_us is not None]), ratio,
                 None if resent is None else int(resent),
                 f"{sum(equal)}/{len(equal)}" if equal else "-",
                 ", ".join(sorted({s.postcopy for s in sel if s.postcopy}))))
@@ -163,7 +169,8 @@ def table(summaries: list[Summary]) -> str:
     for s in summaries:
         rows.append((
             fmt_size(s.size), s.density, s.mode,
-            f"{s.converged}/{s.runs}", _ms(s.visible), _ms(s.downtime),
+            f"{s.converged}/{s.runs}", _ms(s.visible),
+            f"{_ms(s.save_share)} / {_ms(s.load_share)}", _ms(s.downtime),
             _ms(s.total), _ms(s.usable),
             "-" if s.at_risk is None else fmt_bytes(s.at_risk),
             _ms(s.risk),
@@ -171,10 +178,11 @@ def table(summaries: list[Summary]) -> str:
             "-" if s.resent is None else s.resent, s.equal,
             s.postcopy or "-"))
     return markdown_table(
-        ("disk", "density", "mode", "converged", "downtime seen by guest, "
-         "ms", "QEMU's downtime, ms", "total, ms", "bitmaps usable, ms",
-         "at risk (worst)", "at risk for, ms", "wire / serialized", "resent chunks",
-         "bitmaps equal", "postcopy request"), rows)
+        ("disk", "density", "mode", "converged",
+         "downtime seen by guest, ms", "bitmap section in it: src / dst, ms",
+         "QEMU's downtime, ms", "total, ms", "bitmaps usable, ms",
+         "at risk (worst)", "at risk for, ms", "wire / serialized",
+         "resent chunks", "bitmaps equal", "postcopy request"), rows)
 
 
 @dataclass
@@ -293,11 +301,14 @@ def describe(runs: int) -> str:
             f"  {runs} interleaved rounds; a mode that did not converge in "
             "the first round is not repeated.  Downtime seen by the guest "
             "is the destination's RESUME event minus the source's STOP "
-            "event; QEMU's own figure stops when the source has sent its "
-            "last byte.  Bitmaps usable: from the migration's setup until "
-            "the destination runs with complete bitmaps.  At risk: bitmap "
-            "bytes sent after a postcopy switchover.  Distributions are "
-            "median (min-max) in ms.")
+            "event; bitmap section: the time QEMU's vmstate_downtime "
+            "trace events account to the dirty-bitmap section inside the "
+            "downtime, on the source (saving) and on the destination "
+            "(loading), which overlap; QEMU's own downtime stops when the "
+            "source has sent its last byte.  Bitmaps usable: from the "
+            "migration's setup until the destination runs with complete "
+            "bitmaps.  At risk: bitmap bytes sent after a postcopy "
+            "switchover.  Distributions are median (min-max) in ms.")
 
 
 def letter_table(summaries: list[Summary]) -> str:
@@ -343,7 +354,8 @@ def letter_table(summaries: list[Summary]) -> str:
 
 def load_summaries(rows: list[dict]) -> list[Summary]:
     """Summaries back from results.json (the cover letter reuses them)."""
-    fields = ("visible", "downtime", "total", "usable", "risk")
+    fields = ("visible", "downtime", "total", "usable", "risk",
+              "save_share", "load_share")
     out = []
     for r in rows:
         args: dict[str, Any] = {k: (Dist(**v) if k in fields and v else v)
