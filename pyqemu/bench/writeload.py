@@ -60,8 +60,9 @@ and r/16 of the 64 KiB one, so it stops converging at
     bandwidth* = r * 1045 * 17/16 + RAM's dirty rate
 
 (the RAM part is QEMU's dirty-pages-rate in the live hops of that boot;
-without it, at a given bandwidth, r* = bw / 1110).  Other patterns dirty fewer chunks per write (:func:`threshold_rate`,
-per pattern, with the chunks dirtied per :data:`LAP`).  Observed in the
+without it, at a given bandwidth, r* = bw / 1110).  Other patterns
+dirty fewer chunks per write (:func:`threshold_rate`, per pattern, with
+the chunks dirtied per :data:`LAP`).  Observed in the
 "one per chunk, max" boot by lowering max-bandwidth in steps around
 bandwidth* (from the rate measured before migrating) until a migration
 does not converge within a timeout sized from the bytes to send.
