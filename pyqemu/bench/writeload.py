@@ -289,7 +289,7 @@ class Hop:
     downtime_bytes: int | None  # of which in the downtime
     resent_chunks: int | None
     ram_bytes: int | None
-    ram_dirty_rate: float       # bytes/s the guest dirtied RAM at (QEMU)
+    ram_dirty_rate: float       # bytes/s, QEMU's highest dirty-pages-rate
     t_bulk: float               # s, the bulk phase
     exposed: float              # writes exposed (see the module)
     predicted_chunks: float
@@ -389,45 +389,53 @@ class _Phases:
         self.polls: list[tuple[int, int, str, int]] = []
         self.times: list[float] = []
         self.remaining: int | None = None
+        #: the highest RAM dirty rate QEMU reported, bytes/s
+        self.ram_dirty = 0.0
 
     def __call__(self, qm: dict) -> None:
         bm = qm.get("dirty-bitmaps") or {}
         if bm:
             self.remaining = bm.get("remaining")
+        ram = qm.get("ram") or {}
+        self.ram_dirty = max(self.ram_dirty, ram.get("dirty-pages-rate", 0)
+                             * ram.get("page-size", 4096))
         self.times.append(time.monotonic())
         self.polls.append((bm.get("transferred", 0),
                            bm.get("resent-chunks", 0),
                            str(qm.get("status")), self.count(self.vm)))
 
-    def intervals(self, stop: int) -> tuple[float, list[tuple[int, int,
-                                                               float]]]:
+    def intervals(self, stop: int, sent: int | None, resent: int | None
+                  ) -> tuple[float, list[tuple[int, int, float]]]:
         """(seconds of bulk phase, [(first write, end, part of the bulk
         sent)] from the first poll to the write count *stop* at the
         guest's stop), see the module.
 
-        The bulk's size is what the bitmaps had sent at the first poll
-        that saw a resent chunk (the dirty laps start right after the
-        bulk), less those chunks; without resends, all that was sent.
+        The bulk's size: all the bitmaps sent (*sent*) less the *resent*
+        chunks.  query-migrate's bytes sent lag (they are added when an
+        iteration ends, the resent chunks as they go), so an interval
+        between two polls takes the later poll's part, and any resent
+        chunk means the bulk is over.
         """
         live = [i for i, p in enumerate(self.polls)
                 if p[2] in ("setup", "active")]
         if not live:
             return 0.0, []
-        first = next((p for p in self.polls if p[1] > 0), None)
-        bulk = (first[0] - first[1] * CHUNK_WIRE if first
-                else self.polls[-1][0])
+        bulk = (sent or 0) - (resent or 0) * CHUNK_WIRE
         out = []
         start = end = None
         for i in live:
-            sent, writes = self.polls[i][0], self.polls[i][3]
+            writes = self.polls[i][3]
             nxt = self.polls[i + 1] if i + 1 < len(self.polls) else None
             upto = min(stop, nxt[3]) if nxt and i + 1 in live else stop
-            mid = (sent + (nxt[0] if nxt else sent)) / 2
-            f = min(1.0, mid / bulk) if bulk > 0 else 1.0
-            if start is None and bulk and sent > 0.01 * bulk:
+            if nxt is None or nxt[2] not in ("setup", "active") or \
+                    nxt[1] > 0 or bulk <= 0:
+                f = 1.0
+            else:
+                f = min(1.0, nxt[0] / bulk)
+            if start is None and f > 0.01:
                 start = self.times[i]
             if end is None and f >= 1.0:
-                end = self.times[i]
+                end = self.times[i + 1] if nxt else self.times[i]
             if upto > writes:
                 out.append((writes, upto, f))
         t_bulk = ((end or self.times[live[-1]]) - start) if start else 0.0
@@ -450,20 +458,21 @@ def _hop(h: Hops, count: _Count, replay: Replay, caps: dict[str, bool],
     n1 = count(src)
     running = ((res.total_ms - (res.downtime_ms or 0)) / 1000
                if res.total_ms else time.monotonic() - t0)
-    t_bulk, intervals = phases.intervals(n1)
+    bm = res.bitmaps_info or {}
+    t_bulk, intervals = phases.intervals(n1, bm.get("transferred"),
+                                         bm.get("resent-chunks"))
     exposed = sum((e - b) * f for b, e, f in intervals)
     live = bool(caps.get("dirty-bitmaps-live"))
     predicted = float(replay.resent(intervals)) if live else 0.0
     replay.advance(n1)          # the bitmaps hold every write so far
     if res.converged:
         replay.order = replay.order[::-1]
-    bm = res.bitmaps_info or {}
     ram = res.info.get("ram", {})
     return Hop(res.converged, res.total_ms, res.downtime_ms,
                (n1 - n0) / running, bm.get("transferred"),
                bm.get("downtime-transferred"), bm.get("resent-chunks"),
                ram.get("transferred"),
-               ram.get("dirty-pages-rate", 0) * ram.get("page-size", 4096),
+               phases.ram_dirty,
                t_bulk, exposed,
                predicted, phases.remaining)
 
