@@ -32,23 +32,26 @@ The model of the resent chunks
 
 A chunk is resent if a bit of it is set after the chunk was sent: a
 write to a granule that was clean (rewriting a dirty granule changes
-nothing).  The bulk phase sends every chunk once, in disk order, mostly
-after RAM's first pass (RAM comes first in each iteration and uses the
-rate limit up); a write during the bulk lands in an already sent chunk
-with probability f = the part of the bulk sent by then, and after the
-bulk f = 1, up to the stop.  With query-migrate and the guest's write
-count polled every 50 ms, the exposed writes are E = sum(f * writes in
-each poll interval).  The prediction replays the writer's exact offsets
+nothing).  The bulk phase sends every chunk once, bitmap by bitmap (in
+the node's order, newest bitmap first, which flips with every hop) and
+in disk order, mostly after RAM's first pass (RAM comes first in each
+iteration and uses the rate limit up); a zero chunk costs 21 bytes, a
+non-zero one 1045.  So the prediction replays the writer's exact offsets
 (:func:`~pyqemu.machine.linuxguest.write_offsets`) from the bitmaps'
-creation: of the last E writes before the stop, those that set a clean
-granule, counted as distinct chunks per bitmap.  Bytes: chunks times
-1045 (1 KiB of data and 21 of framing: flags, start sector, sector count,
-data size).
+creation, and with query-migrate and the guest's write count polled every
+50 ms, places the bulk's cursor at each poll: the part f of the bulk's
+bytes sent (all bitmap bytes of the migration less the resent chunks),
+mapped to a chunk through the replayed non-zero chunks.  A write of the
+migration is predicted to cause a resend if it sets a clean granule in a
+chunk before the cursor (after the bulk: any chunk), counted once per
+chunk and bitmap.  Bytes: chunks times 1045 (1 KiB of data and 21 of
+framing: flags, start sector, sector count, data size).
 
-What it leaves out: a chunk counts once per migration, while the dirty
-laps after the bulk send a chunk that keeps changing once per lap (the
-measured count can exceed the prediction by the number of laps); and the
-exposed writes are taken as the last E, not E scattered over the bulk.
+What it leaves out: query-migrate adds the bitmaps' bytes only when an
+iteration ends, so the cursor is known only roughly (each poll interval
+takes the later poll's f; the first resent chunk means the bulk is
+over); a chunk counts once per migration, while the dirty laps after the
+bulk send a chunk that keeps changing once per lap.
 
 Convergence threshold: live mode converges while the bitmaps' dirty
 bytes per second (chunks getting a new bit, per second, times 1045) stay
