@@ -11,16 +11,17 @@ project builds itself:
 * the virtio modules the Debian kernel does not build in, with their
   dependencies from ``modules.dep``, loaded in order by ``/init``;
 * ``tests/guest/linux-writer.c`` compiled with ``gcc -static``: O_DIRECT
-  random writes with a periodic fsync, progress on the serial console.
+  writes, random or with a fixed stride, with a periodic fsync, progress
+  on the serial console.
 
 The initramfs is a cpio "newc" archive written here (no cpio package, no
 root needed for the ``/dev/console`` node), gzip-compressed, and cached
 under ``<cache>/guest/`` (the layout's root) once per hash of everything
 that goes into it.
 
-The writer's offsets come from a seeded splitmix64 generator;
-:func:`written_blocks` replays it, so a test knows which blocks the first
-N writes touched without asking QEMU.
+The writer's offsets come from a seeded splitmix64 generator (or a
+stride); :func:`write_offsets` replays them, so a test knows which blocks
+the first N writes touched without asking QEMU.
 """
 
 from __future__ import annotations
@@ -80,13 +81,18 @@ class WriterConfig:
     device: str = "/dev/vda"
     #: period of a background O_DIRECT read, 0 = none: see KICK_MS
     kick_ms: int = 0
+    #: bytes from one write to the next (wrapping around the region),
+    #: 0 = random offsets: bs is sequential, the disk span of a bitmap
+    #: chunk dirties a new chunk with every write
+    stride: int = 0
 
     def cmdline(self) -> str:
         return " ".join(f"writer.{k}={v}" for k, v in (
             ("dev", self.device), ("bs", self.bs), ("offset", self.offset),
             ("length", self.length), ("rate", self.rate),
             ("fsync", self.fsync), ("report", self.report),
-            ("seed", self.seed), ("kick", self.kick_ms)))
+            ("seed", self.seed), ("kick", self.kick_ms),
+            ("stride", self.stride)))
 
 
 # -- the kernel ------------------------------------------------------------
@@ -195,6 +201,7 @@ for p in $(cat /proc/cmdline); do
         writer.seed=*)   set -- "$@" -s "${p#*=}" ;;
         writer.count=*)  set -- "$@" -c "${p#*=}" ;;
         writer.kick=*)   set -- "$@" -k "${p#*=}" ;;
+        writer.stride=*) set -- "$@" -t "${p#*=}" ;;
     esac
 done
 # the device appears once virtio_blk has probed it
@@ -251,6 +258,15 @@ class _Cpio:
         return self.buf.getvalue()
 
 
+def build_writer(out: Path) -> Path:
+    """Compile linux-writer.c to *out*.  Static: the initramfs has no libc
+    to load a dynamic one with (and a test runs the same binary on the
+    host)."""
+    run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
+         out, WRITER_SOURCE], what=f"gcc -static {WRITER_SOURCE.name}")
+    return out
+
+
 def initramfs(layout: Layout, k: Kernel | None = None) -> Path:
     """The guest's initramfs for kernel *k* (built once per input hash)."""
     k = k or kernel()
@@ -265,10 +281,7 @@ def initramfs(layout: Layout, k: Kernel | None = None) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = out.parent / "linux-writer"
-    # static: the initramfs has no libc to load a dynamic one with
-    run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
-         writer, WRITER_SOURCE], what=f"gcc -static {WRITER_SOURCE.name}")
+    writer = build_writer(out.parent / "linux-writer")
 
     cpio = _Cpio()
     for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"):
@@ -399,12 +412,17 @@ def wait_progress(serial_log: Path, beyond: int, timeout: float = 60) -> int:
 def write_offsets(config: WriterConfig, start: int, stop: int) -> list[int]:
     """Byte offsets of writes number *start* to *stop* - 1.
 
-    The same splitmix64 sequence as linux-writer.c; *length* must be the
-    explicit region length (0 would depend on the device size).
+    The same sequence as linux-writer.c: splitmix64, or with a stride
+    ``(n * stride) % region`` rounded down to a block; *length* must be
+    the explicit region length (0 would depend on the device size).
     """
     if config.length <= 0:
         raise ValueError("write_offsets needs an explicit region length")
     blocks = config.length // config.bs
+    if config.stride:
+        region = blocks * config.bs
+        return [config.offset + (n * config.stride) % region
+                // config.bs * config.bs for n in range(start, stop)]
     state = config.seed
     out = []
     for n in range(stop):

@@ -11,6 +11,7 @@ storage, so a "16 TiB disk" is a 16 TiB bitmap and nothing else.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -123,6 +124,12 @@ class VM:
         self.name = name
         self.flavour = flavour
         self.disks = disks
+        # what successor() needs to start the same machine again
+        self._again = functools.partial(
+            VM, layout, disks=disks, flavour=flavour, workdir=workdir,
+            machine=machine, memory_mb=memory_mb, extra_args=extra_args,
+            binary=binary, wrapper=wrapper)
+        self._boot = boot
         self.workdir = workdir or layout.work()
         self.workdir.mkdir(parents=True, exist_ok=True)
         #: what the guest prints on COM1
@@ -151,6 +158,16 @@ class VM:
                                    base_temp_dir=str(self.workdir),
                                    log_dir=str(self.workdir))
         self.exit: Exit | None = None
+
+    def successor(self, name: str) -> "VM":
+        """A ``-incoming defer`` VM with this one's arguments (not launched):
+        where this guest migrates next, so that one boot serves a chain of
+        migrations A -> B -> A' -> ...  Not for a VM booted from a boot
+        sector image: two QEMUs cannot share its file."""
+        if self._boot is not None:
+            raise ValueError(f"{self.name} boots from {self._boot}: a "
+                             "successor would need its own copy")
+        return self._again(name=name, incoming=True)
 
     # -- lifetime ----------------------------------------------------------
 

@@ -1,7 +1,7 @@
 /*
  * The workload of the Linux guest (pyqemu/machine/linuxguest.py): O_DIRECT
- * random writes to a block device, with a periodic fsync, reporting
- * progress on stdout (the serial console).
+ * writes to a block device, at random offsets or with a fixed stride, with
+ * a periodic fsync, reporting progress on stdout (the serial console).
  *
  * Why a program of our own rather than fio: it is one static binary with
  * no libraries to copy into the initramfs, and its offsets come from a
@@ -10,13 +10,24 @@
  * console says how many writes were done) and hold the incremental backup
  * to that, instead of trusting the bitmap it is checking.
  *
- * Write n (counting from 0) goes to
- *     offset + (splitmix64_n(seed) % (length / bs)) * bs
+ * With L = (length / bs) * bs (the region in whole blocks), write n
+ * (counting from 0) goes to
+ *     offset + (splitmix64_n(seed) % (length / bs)) * bs    (stride 0)
+ *     offset + ((n * stride) % L) / bs * bs                  (stride > 0)
  * and fills the block with a pattern derived from n, never all zeroes, so
- * every write changes the block and no layer can skip it as a zero write.
+ * every write changes the block and no layer can skip it as a zero write:
+ * its first 8 bytes are n << 20 | 1 << 63.
+ *
+ * Why a stride: what live bitmap migration resends depends on how the
+ * writes spread over the 1 KiB bitmap chunks, not only on their rate.
+ * Stride = bs writes sequentially (a chunk is dirtied again and again,
+ * then left alone); stride = the disk span of one chunk dirties a new
+ * chunk with every write, the worst case per write; a small random region
+ * is a hot set of a few chunks.
  *
  * Output, one line each, all numbers decimal:
- *     writer started dev=D size=S bs=B offset=O length=L rate=R fsync=F seed=X
+ *     writer started dev=D size=S bs=B offset=O length=L rate=R fsync=F
+ *         seed=X kick=K stride=T
  *     W <writes done>            every `report` writes
  *     writer stall: write N took T ms   a write took longer than 0.5 s
  *     writer error: <what>       then exit 1 (init exits, the kernel panics
@@ -61,6 +72,7 @@ struct options {
     uint64_t seed;
     uint64_t count;         /* stop after this many writes, 0 = never */
     uint64_t kick_ms;       /* background read period, 0 = none */
+    uint64_t stride;        /* bytes between writes, 0 = random offsets */
 };
 
 static void die(const char *what)
@@ -93,7 +105,7 @@ static uint64_t number(const char *s, const char *name)
 static void parse(int argc, char **argv, struct options *o)
 {
     int c;
-    while ((c = getopt(argc, argv, "d:b:o:l:r:f:n:s:c:k:")) != -1) {
+    while ((c = getopt(argc, argv, "d:b:o:l:r:f:n:s:c:k:t:")) != -1) {
         switch (c) {
         case 'd': o->dev = optarg; break;
         case 'b': o->bs = number(optarg, "bs"); break;
@@ -105,10 +117,11 @@ static void parse(int argc, char **argv, struct options *o)
         case 's': o->seed = number(optarg, "seed"); break;
         case 'c': o->count = number(optarg, "count"); break;
         case 'k': o->kick_ms = number(optarg, "kick"); break;
+        case 't': o->stride = number(optarg, "stride"); break;
         default:
             dprintf(1, "writer error: usage: %s -d DEV [-b BS] [-o OFFSET] "
                     "[-l LENGTH] [-r RATE] [-f FSYNC] [-n REPORT] [-s SEED] "
-                    "[-c COUNT] [-k MS]\n", argv[0]);
+                    "[-c COUNT] [-k MS] [-t STRIDE]\n", argv[0]);
             exit(1);
         }
     }
@@ -197,15 +210,19 @@ int main(int argc, char **argv)
 
     dprintf(1, "writer started dev=%s size=%" PRIu64 " bs=%" PRIu64
             " offset=%" PRIu64 " length=%" PRIu64 " rate=%" PRIu64
-            " fsync=%" PRIu64 " seed=%" PRIu64 " kick=%" PRIu64 "\n", o.dev,
-            size, o.bs, o.offset, o.length, o.rate, o.fsync_every, o.seed,
-            o.kick_ms);
+            " fsync=%" PRIu64 " seed=%" PRIu64 " kick=%" PRIu64 " stride=%"
+            PRIu64 "\n", o.dev, size, o.bs, o.offset, o.length, o.rate,
+            o.fsync_every, o.seed, o.kick_ms, o.stride);
     pid_t reader = o.kick_ms ? start_reader(&o) : 0;
 
     uint64_t state = o.seed;
     double start = now();
     for (uint64_t n = 0; o.count == 0 || n < o.count; n++) {
-        uint64_t off = o.offset + (splitmix64(&state) % blocks) * o.bs;
+        /* 128 bits: n * stride never wraps, as in Python's integers */
+        uint64_t off = o.stride
+            ? o.offset + (uint64_t)((unsigned __int128)n * o.stride
+                                    % (blocks * o.bs)) / o.bs * o.bs
+            : o.offset + (splitmix64(&state) % blocks) * o.bs;
         /* never zero: bit 63 is always set */
         for (uint64_t i = 0; i < o.bs / 8; i++)
             buf[i] = (n << 20 | i) | 1ULL << 63;

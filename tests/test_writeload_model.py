@@ -1,0 +1,69 @@
+"""The model of ``bench writeload`` (pyqemu/bench/writeload.py), without
+QEMU: the benchmark sets its measurements against these numbers, so
+they must say what the module's docstring says they say."""
+
+from __future__ import annotations
+
+import math
+
+from pyqemu.bench import writeload as wl
+from pyqemu.util.units import KiB, MiB
+
+
+def per_chunk() -> wl.Pattern:
+    return next(p for p in wl.PATTERNS if p.name == "one per chunk")
+
+
+def test_cursor_walks_the_bulk_in_order() -> None:
+    # bitmap A: 4 chunks, chunk 1 non-zero; bitmap B: 8 chunks, none
+    layout = [(4, [1]), (8, [])]
+    total = 4 * wl.CHUNK_FRAMING + wl.CHUNK_DATA + 8 * wl.CHUNK_FRAMING
+    assert wl.Replay.cursor(layout, 0.0) == (0, 0)
+    # chunk 0 (21 B) and chunk 1 (1045 B) sent: the cursor is at chunk 2
+    assert wl.Replay.cursor(layout, (wl.CHUNK_FRAMING + wl.CHUNK_WIRE)
+                            / total) == (0, 2)
+    assert wl.Replay.cursor(layout, 1.0) == (2, 0)
+    positions = [wl.Replay.cursor(layout, i / 50) for i in range(51)]
+    assert positions == sorted(positions)
+
+
+def test_replay_counts_new_bits_behind_the_cursor_once() -> None:
+    config = wl.writer(per_chunk(), 0)
+    replay = wl.Replay(config, 0)
+    # after the bulk: every write is behind the cursor; 10 writes, 10
+    # chunks of bm-4k, and all in chunk 0 of bm-64k (512 MiB)
+    assert replay.resent([(0, 10, 1.0)]) == 11
+    # before the bulk reached anything: nothing is resent
+    assert replay.resent([(10, 20, 0.0)]) == 0
+    # writing the same granules again changes no bit, so no chunk: a
+    # stride of exactly one chunk over 4 chunks comes back after 4 writes
+    lap = wl.Replay(wl.WriterConfig(length=4 * wl.SPAN_4K,
+                                    stride=wl.SPAN_4K), 0)
+    assert lap.resent([(0, 4, 1.0)]) == 4 + 1
+    assert lap.resent([(4, 40, 1.0)]) == 0
+
+
+def test_threshold_of_one_write_per_chunk() -> None:
+    """r* = bw / (1045 * 17/16), less the lap's extra 64 KiB chunk."""
+    r = wl.threshold_rate(per_chunk(), 64 * MiB)
+    assert math.isclose(r, 64 * MiB / (wl.CHUNK_WIRE * 17 / 16), rel_tol=0.01)
+    assert math.isclose(wl.dirty_bytes_per_s(per_chunk(), r), 64 * MiB,
+                        rel_tol=1e-6)
+
+
+def test_hot_set_never_outruns_the_bandwidth() -> None:
+    hot = next(p for p in wl.PATTERNS if p.name == "hot set")
+    assert hot.length == wl.HOT_CHUNKS * 32 * MiB
+    assert math.isinf(wl.threshold_rate(hot, 64 * MiB))
+    # at most its chunks (4 + 1) per lap
+    assert wl.dirty_bytes_per_s(hot, 1e9) <= 5 / wl.LAP * wl.CHUNK_WIRE
+
+
+def test_distinct_chunks() -> None:
+    seq = next(p for p in wl.PATTERNS if p.name == "sequential")
+    assert wl.distinct_chunks(seq, 0, 4 * KiB) == 0
+    # 8192 sequential 4 KiB writes fill one 32 MiB chunk (and touch the next)
+    assert wl.distinct_chunks(seq, 8192, 4 * KiB) == 2
+    rnd = wl.PATTERNS[0]
+    assert math.isclose(wl.distinct_chunks(rnd, 100, 4 * KiB), 100,
+                        rel_tol=0.01)
