@@ -24,7 +24,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..paths import Layout
-from . import compare, fill, safety
+from . import compare, fill, safety, writeload
 from .results import save
 
 
@@ -48,6 +48,12 @@ def main(layout: Layout, quick: bool = False) -> int:
         "summaries": [asdict(s) for s in summaries],
         "targets": [asdict(t) for t in goals],
     }
+    load = writeload.run(layout, quick)
+    parts += ["## Under write load\n\n" + writeload.describe(),
+              writeload.table(load), "Targets under write load:\n\n" +
+              writeload.targets(load)]
+    data["writeload"] = writeload.data(load)
+    data["writeload_targets"] = writeload.targets(load)
     faults = safety.run(layout, runs=1 if quick else 2)
     parts += ["## A fault right after the switchover\n\n" +
               safety.describe(), safety.table(faults)]
@@ -55,7 +61,9 @@ def main(layout: Layout, quick: bool = False) -> int:
     md = "\n\n".join(parts)
     d = save(layout, "migrate", md, data)
     compare.plot(summaries, d / "downtime.png")
+    writeload.plot(load, d / "writeload.png")
     print(md)
-    print(f"\n(written to {d}/results.md, results.json, downtime.png; "
+    print(f"\n(written to {d}/results.md, results.json, downtime.png, "
+          f"writeload.png; "
           f"{time.monotonic() - start:.0f} s)")
     return 0
