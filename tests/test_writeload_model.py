@@ -67,3 +67,24 @@ def test_distinct_chunks() -> None:
     rnd = wl.PATTERNS[0]
     assert math.isclose(wl.distinct_chunks(rnd, 100, 4 * KiB), 100,
                         rel_tol=0.01)
+
+
+def _hop(downtime: int, rate: float) -> wl.Hop:
+    return wl.Hop(True, 1200, downtime, rate, 40 * KiB, 0, 5, 0,
+                         0.0, 0.5, 3.0, 4.0, 0)
+
+
+def test_report_of_a_sweep_states_both_targets() -> None:
+    """The tables render (a row as long as its header) and the targets
+    say met or MISSED from the numbers, both ways."""
+    loads = [wl.LoadResult("random", 1000, 1000.0, 1000.0,
+                                  [_hop(d, 990.0) for d in (3, 4, 5)],
+                                  _hop(2, 1000.0), 0, 10.0),
+             wl.LoadResult("random", 0, 4000.0, 4000.0,
+                                  [_hop(d, 3000.0) for d in (30, 40, 50)],
+                                  _hop(3, 4000.0), 0, 10.0)]
+    assert "| random" in wl.table(list(loads))
+    text = wl.targets(list(loads))
+    assert "live median 17.5 ms" in text and "MISSED" in text, text
+    assert "paced: median 0.99" in text and \
+        "as fast as it goes: median 0.75" in text, text

@@ -29,6 +29,8 @@ from .results import save
 
 
 def main(layout: Layout, quick: bool = False) -> int:
+    """Run the three parts; the results are saved after each, so that a
+    part that breaks does not cost the ones before it."""
     start = time.monotonic()
     sizes = compare.QUICK_SIZES if quick else compare.SIZES
     densities = ("sparse", "full") if quick else fill.DENSITIES
@@ -48,22 +50,25 @@ def main(layout: Layout, quick: bool = False) -> int:
         "summaries": [asdict(s) for s in summaries],
         "targets": [asdict(t) for t in goals],
     }
+    d = save(layout, "migrate", "\n\n".join(parts), data)
+    compare.plot(summaries, d / "downtime.png")
+
     load = writeload.run(layout, quick)
     parts += ["## Under write load\n\n" + writeload.describe(),
               writeload.table(load), "Targets under write load:\n\n" +
               writeload.targets(load)]
     data["writeload"] = writeload.data(load)
     data["writeload_targets"] = writeload.targets(load)
+    save(layout, "migrate", "\n\n".join(parts), data)
+    writeload.plot(load, d / "writeload.png")
+
     faults = safety.run(layout, runs=1 if quick else 2)
     parts += ["## A fault right after the switchover\n\n" +
               safety.describe(), safety.table(faults)]
     data["safety"] = [asdict(r) for r in faults]
     md = "\n\n".join(parts)
-    d = save(layout, "migrate", md, data)
-    compare.plot(summaries, d / "downtime.png")
-    writeload.plot(load, d / "writeload.png")
+    save(layout, "migrate", md, data)
     print(md)
     print(f"\n(written to {d}/results.md, results.json, downtime.png, "
-          f"writeload.png; "
-          f"{time.monotonic() - start:.0f} s)")
+          f"writeload.png; {time.monotonic() - start:.0f} s)")
     return 0

@@ -588,6 +588,7 @@ def table(results: list[Result]) -> str:
             f"{sum(h.converged for h in hops)}/{len(hops)}",
             "/".join(_ms(h.total_ms) for h in hops),
             "/".join(_ms(h.downtime_ms) for h in hops),
+            _ms(r.plain.downtime_ms),
             "/".join(_ms(h.resent_chunks) for h in hops),
             "/".join(f"{h.predicted_chunks:.0f}" for h in hops),
             fmt_bytes(sum(h.resent_bytes or 0 for h in hops)),

@@ -10,6 +10,10 @@ def table(header: Sequence[Any], rows: Sequence[Sequence[Any]],
           markdown: bool = True) -> str:
     """Columns padded to line up; with *markdown*, pipes and a rule."""
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    for r in cells[1:]:
+        if len(r) != len(header):
+            raise ValueError(f"a row of {len(r)} cells under {len(header)} "
+                             f"headers: {r}")
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
 
     def line(r: list[str]) -> str:
