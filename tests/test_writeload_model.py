@@ -88,3 +88,15 @@ def test_report_of_a_sweep_states_both_targets() -> None:
     assert "live median 17.5 ms" in text and "MISSED" in text, text
     assert "paced: median 0.99" in text and \
         "as fast as it goes: median 0.75" in text, text
+
+
+def test_results_come_back_from_their_json() -> None:
+    """The cover letter reads the write-load numbers from results.json."""
+    import json
+    loads = [wl.LoadResult("hot set", 200, 200.0, 201.0,
+                           [_hop(d, 199.0) for d in (3, 4)], _hop(2, 200.0),
+                           0, 10.0)]
+    rows = json.loads(json.dumps(wl.data(list(loads))))
+    back = wl.load_results(rows)
+    assert back == loads
+    assert wl.target_values(back) == wl.target_values(list(loads))

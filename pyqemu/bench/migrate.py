@@ -58,7 +58,6 @@ def main(layout: Layout, quick: bool = False) -> int:
               writeload.table(load), "Targets under write load:\n\n" +
               writeload.targets(load)]
     data["writeload"] = writeload.data(load)
-    data["writeload_targets"] = writeload.targets(load)
     save(layout, "migrate", "\n\n".join(parts), data)
     writeload.plot(load, d / "writeload.png")
 
