@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from . import migration
 from .migration import MigrationResult
-from .vm import VM, MachineError
+from .vm import VM, MachineError, shutdown_all
 
 
 class Hops:
@@ -71,15 +71,6 @@ class Hops:
         return res
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        problems = []
-        for vm in (self._dst, self.vm):     # both, whatever happens to one
-            if vm is None:
-                continue
-            try:
-                problem = vm.shutdown().problem()
-            except Exception as e:
-                problem = f"shutdown failed: {type(e).__name__}: {e}"
-            if problem:
-                problems.append(f"{vm.name} ({vm.flavour}): {problem}")
+        problems = shutdown_all((self._dst, self.vm))
         if problems and exc_type is None:   # else the error in flight wins
             raise MachineError("; ".join(problems))

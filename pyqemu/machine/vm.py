@@ -367,14 +367,23 @@ class Pair:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        problems = []
-        for vm in (self.dst, self.src):     # both, whatever happens to one
-            try:
-                problem = vm.shutdown().problem()
-            except Exception as e:
-                problem = f"shutdown failed: {type(e).__name__}: {e}"
-            if problem:
-                problems.append(f"{vm.name} ({vm.flavour}): {problem}")
+        problems = shutdown_all((self.dst, self.src))
         self.sock.unlink(missing_ok=True)
         if problems and exc_type is None:   # else the test's error wins
             raise MachineError("; ".join(problems))
+
+
+def shutdown_all(vms: "tuple[VM | None, ...]") -> list[str]:
+    """Shut every VM down, whatever happens to one, and say which ended
+    badly ("name (flavour): why"); None entries are skipped."""
+    problems = []
+    for vm in vms:
+        if vm is None:
+            continue
+        try:
+            problem = vm.shutdown().problem()
+        except Exception as e:
+            problem = f"shutdown failed: {type(e).__name__}: {e}"
+        if problem:
+            problems.append(f"{vm.name} ({vm.flavour}): {problem}")
+    return problems
