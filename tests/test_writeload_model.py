@@ -17,11 +17,12 @@ def per_chunk() -> wl.Pattern:
 def test_cursor_walks_the_bulk_in_order() -> None:
     # bitmap A: 4 chunks, chunk 1 non-zero; bitmap B: 8 chunks, none
     layout = [(4, [1]), (8, [])]
-    total = 4 * wl.CHUNK_FRAMING + wl.CHUNK_DATA + 8 * wl.CHUNK_FRAMING
+    # a chunk of zeroes is 13 bytes on the wire, one with data 1045
+    total = 4 * 13 + (1045 - 13) + 8 * 13
     assert wl.Replay.cursor(layout, 0.0) == (0, 0)
-    # chunk 0 (21 B) and chunk 1 (1045 B) sent: the cursor is at chunk 2
-    assert wl.Replay.cursor(layout, (wl.CHUNK_FRAMING + wl.CHUNK_WIRE)
-                            / total) == (0, 2)
+    # chunk 0 (13 B) and chunk 1 (1045 B) sent: the cursor is at chunk 2
+    assert wl.Replay.cursor(layout, (13 + 1045) / total) == (0, 2)
+    assert wl.Replay.cursor(layout, (13 + 1044) / total) == (0, 1)
     assert wl.Replay.cursor(layout, 1.0) == (2, 0)
     positions = [wl.Replay.cursor(layout, i / 50) for i in range(51)]
     assert positions == sorted(positions)

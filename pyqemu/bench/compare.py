@@ -26,7 +26,7 @@ from ..machine.vm import Bitmap, Disk
 from ..paths import Layout
 from ..report.table import markdown_table
 from ..util.units import KiB, MiB, TiB, fmt_bytes, fmt_size
-from . import fill, modes
+from . import chunks, fill, modes
 from .modes import MODES, Sample
 
 PARAMS = {"max-bandwidth": 400 * MiB, "downtime-limit": 300}
@@ -40,7 +40,7 @@ WIRE_FACTOR = 1.05
 
 
 def serialized(size: int, count: int = BITMAPS) -> int:
-    return fill.serialized_size(Disk("d", size, bitmaps=tuple(
+    return chunks.serialized_size(Disk("d", size, bitmaps=tuple(
         Bitmap(f"b{i}", modes.GRANULARITY) for i in range(count))))
 
 

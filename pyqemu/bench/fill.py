@@ -33,11 +33,9 @@ import os
 import tempfile
 
 from ..machine.vm import VM, Disk
-from ..util.units import KiB
+from . import chunks
 
 DENSITIES = ("sparse", "half", "full")
-#: bits per bitmap chunk of the migration stream (1 KiB of bitmap)
-CHUNK_BITS = 8 * KiB
 SPARSE_CHUNKS = 1024
 HALF_STRETCHES = 128
 _HELPER = "pq-fill"
@@ -60,10 +58,10 @@ def ranges(size: int, granularity: int,
         return [(off, min(stretch, size - off))
                 for off in range(0, size, 2 * stretch)]
     if density == "sparse":
-        span = CHUNK_BITS * granularity           # disk bytes per chunk
-        chunks = -(-size // span)
-        n = min(SPARSE_CHUNKS, chunks)
-        return [((i * chunks // n) * span, granularity) for i in range(n)]
+        span = chunks.BITS * granularity           # disk bytes per chunk
+        count = -(-size // span)
+        n = min(SPARSE_CHUNKS, count)
+        return [((i * count // n) * span, granularity) for i in range(n)]
     raise ValueError(f"unknown density {density!r}; known: {DENSITIES}")
 
 
@@ -74,16 +72,6 @@ def dirty_bits(size: int, granularity: int, density: str) -> int:
         first, last = off // granularity, (off + length - 1) // granularity
         bits += last - first + 1
     return bits
-
-
-def serialized_size(disk: Disk) -> int:
-    """Bytes of *disk*'s bitmaps serialized: a bit per granule, in whole
-    64-bit words, as the migration stream carries them."""
-    total = 0
-    for b in disk.bitmaps:
-        bits = -(-disk.size // b.granularity)
-        total += -(-bits // 64) * 8
-    return total
 
 
 def fill(vm: VM, disk: Disk, density: str) -> None:

@@ -59,8 +59,9 @@ from qemu.qmp import ExecuteError
 from ..machine import migration
 from ..machine.vm import VM, Bitmap, Disk
 from ..paths import Layout
+from ..util.poll import PollTimeout, until
 from ..util.units import KiB, MiB
-from . import fill
+from . import chunks, fill
 
 GRANULARITY = 64 * KiB
 #: When the stock "after N s" mode requests postcopy
@@ -68,10 +69,6 @@ POSTCOPY_AFTER = 1.0
 #: Stock precopy that does not converge is given up after this long
 STOCK_TIMEOUT = 10.0
 TIMEOUT = 60.0
-#: Framing of a chunk with data on the wire: flags (1), start sector (8),
-#: sector count (4), data size (8); the node and bitmap names ride only on
-#: a bitmap's first chunk and are left out.
-CHUNK_FRAMING = 21
 
 
 @dataclass(frozen=True)
@@ -169,7 +166,7 @@ def trace_bytes(log: Path) -> tuple[int, int, int]:
     """(all bitmap bytes, bytes after postcopy_start, chunks after it)
     from a source's trace log.  The trace gives each chunk's buffer size
     even for a chunk of zeroes, which is sent without it."""
-    total = after = chunks = 0
+    total = after = count = 0
     in_postcopy = False
     for line in log.read_text(errors="replace").splitlines():
         m = _TRACE_LINE.search(line)
@@ -179,12 +176,13 @@ def trace_bytes(log: Path) -> tuple[int, int, int]:
             in_postcopy = True
             continue
         zeroes = int(m.group(2) or "0", 16) & FLAG_ZEROES
-        n = CHUNK_FRAMING - 8 if zeroes else CHUNK_FRAMING + int(m.group(3))
+        n = chunks.ZERO_WIRE if zeroes else \
+            chunks.WIRE - chunks.DATA + int(m.group(3))
         total += n
         if in_postcopy:
             after += n
-            chunks += 1
-    return total, after, chunks
+            count += 1
+    return total, after, count
 
 
 #: The dirty bitmaps' section name in the migration stream
@@ -266,7 +264,7 @@ def run(layout: Layout, mode: Mode, size: int, count: int, density: str,
             sample.wire = total
         if mode.postcopy:
             sample.at_risk, sample.at_risk_chunks = after, chunks
-    if sample.converged and mode.bitmaps and not sample.postcopy == "entered":
+    if sample.converged and mode.bitmaps and sample.postcopy != "entered":
         # the two overlap in time (the destination loads what the source
         # sends), so they are kept apart rather than added
         sample.bitmap_save_us, sample.bitmap_load_us = (
@@ -303,9 +301,19 @@ def _drive(src: VM, mode: Mode, sample: Sample) -> None:
             break
         if time.monotonic() - t0 > timeout:
             src.cmd("migrate_cancel")
-            migration.wait(src, ("cancelled", "failed"), 30)
-            sample.status = f"not converged in {timeout:g} s"
-            return
+            try:
+                info = until(lambda: migration.query(src),
+                             lambda i: i.get("status") in migration.TERMINAL,
+                             30, "the cancelled migration to end")
+            except PollTimeout:
+                info = {}
+            if info.get("status") != "completed":
+                # a migration that completed in the race with the cancel
+                # is measured like any other
+                sample.status = f"not converged in {timeout:g} s"
+                return
+            status = "completed"
+            break
         time.sleep(0.01 if not asked else 0.05)
     sample.status = status
     sample.converged = status == "completed"

@@ -43,6 +43,7 @@ from ..paths import Layout
 from ..report.table import markdown_table
 from ..util.poll import PollTimeout, until
 from ..util.units import KiB, MiB, TiB, fmt_bytes, fmt_size
+from . import chunks
 from .fill import fill as fill_bitmaps
 
 MODES = ("stock postcopy", "patched live")
@@ -85,8 +86,7 @@ class Setup:
 
     def serialized(self) -> int:
         """Bytes of bitmap data: one bit per granule, whole 64-bit words."""
-        bits = -(-self.size // self.granularity)
-        return self.bitmaps * (-(-bits // 64) * 8)
+        return chunks.serialized_size(self.disks(True)[0])
 
 
 @dataclass
@@ -123,11 +123,6 @@ class SafetyResult:
     destination: Side
     #: the case itself broke before its fault (a set-up deadline passed)
     error: str | None = None
-
-    def complete_on(self, side: Side) -> int:
-        """How many bitmaps on *side* are complete: present, not busy, and
-        equal to the source's at the switchover."""
-        return sum(v == "equal" for v in side.bitmaps.values())
 
     @property
     def vm_runs_on(self) -> str:
@@ -464,11 +459,3 @@ def describe(setup: Setup | None = None) -> str:
         "destination was killed, the source is then told to 'cont' (notes), "
         "and a side stuck in postcopy-paused to 'migrate_cancel'. "
         f"Survivors end with 'quit' and must exit 0 within {QUIT_TIMEOUT} s.")
-
-
-def main(layout: Layout, runs: int = 1) -> int:
-    results = run(layout, runs)
-    print(describe())
-    print()
-    print(table(results))
-    return 0

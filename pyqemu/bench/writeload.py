@@ -35,8 +35,9 @@ write to a granule that was clean (rewriting a dirty granule changes
 nothing).  The bulk phase sends every chunk once, bitmap by bitmap (in
 the node's order, newest bitmap first, which flips with every hop) and
 in disk order, mostly after RAM's first pass (RAM comes first in each
-iteration and uses the rate limit up); a zero chunk costs 21 bytes, a
-non-zero one 1045.  So the prediction replays the writer's exact offsets
+iteration and uses the rate limit up); a zero chunk costs 13 bytes, a
+non-zero one 1045 (:mod:`pyqemu.bench.chunks`).  So the prediction
+replays the writer's exact offsets
 (:func:`~pyqemu.machine.linuxguest.write_offsets`) from the bitmaps'
 creation, and with query-migrate and the guest's write count polled every
 50 ms, places the bulk's cursor at each poll: the part f of the bulk's
@@ -91,16 +92,15 @@ from ..machine.vm import VM, Bitmap
 from ..paths import Layout
 from ..report.table import markdown_table
 from ..util.units import KiB, MiB, TiB, fmt_bytes
-from .results import save
+from . import chunks
 
 DISK = TiB
 BITMAPS = (Bitmap("bm-4k", 4 * KiB), Bitmap("bm-64k", 64 * KiB))
-#: granules per 1 KiB chunk
-CHUNK_GRANULES = 8 * KiB
-CHUNK_DATA = KiB
-#: flags (1), start sector (8), sector count (4), data size (8)
-CHUNK_FRAMING = 21
-CHUNK_WIRE = CHUNK_DATA + CHUNK_FRAMING
+#: granules per 1 KiB chunk, and a chunk with data on the wire
+CHUNK_GRANULES = chunks.BITS
+CHUNK_WIRE = chunks.WIRE
+#: what data adds to a chunk of zeroes on the wire
+CHUNK_EXTRA = chunks.WIRE - chunks.ZERO_WIRE
 BS = 4 * KiB
 #: disk bytes one chunk of the 4 KiB bitmap covers: 32 MiB
 SPAN_4K = CHUNK_GRANULES * 4 * KiB
@@ -238,7 +238,7 @@ class Replay:
 
     def layout(self) -> list[tuple[int, list[int]]]:
         """Per bitmap in bulk order: its chunk count and sorted non-zero
-        chunks, which cost 1045 bytes in the bulk; zero ones cost 21."""
+        chunks, which cost 1045 bytes in the bulk; zero ones cost 13."""
         out = []
         for i in self.order:
             span = CHUNK_GRANULES * BITMAPS[i].granularity
@@ -250,7 +250,7 @@ class Replay:
                ) -> tuple[int, int]:
         """(position in bulk order, chunk) the bulk has reached when the
         part *f* of its bytes is sent."""
-        sizes = [n * CHUNK_FRAMING + len(nz) * CHUNK_DATA
+        sizes = [n * chunks.ZERO_WIRE + len(nz) * CHUNK_EXTRA
                  for n, nz in layout]
         target = f * sum(sizes)
         for pos, ((n, nz), size) in enumerate(zip(layout, sizes,
@@ -261,8 +261,8 @@ class Replay:
             lo, hi = 0, n           # chunks [0, k) cost <= target
             while lo < hi:
                 k = (lo + hi + 1) // 2
-                if k * CHUNK_FRAMING + bisect.bisect_left(nz, k) * \
-                        CHUNK_DATA <= target:
+                if k * chunks.ZERO_WIRE + bisect.bisect_left(nz, k) * \
+                        CHUNK_EXTRA <= target:
                     lo = k
                 else:
                     hi = k - 1
@@ -456,8 +456,19 @@ def _hop(h: Hops, count: _Count, replay: Replay, caps: dict[str, bool],
          params: dict[str, Any], timeout: float) -> Hop:
     src = h.vm
     phases = _Phases(src, count)
-    n0, t0 = count(src), time.monotonic()
-    res = h.migrate(caps, params, timeout, on_poll=phases)
+    # the count starts at the first poll, once the migration runs: not
+    # before the destination is launched, which takes the guest's
+    # writes of that time but not its duration into the rate
+    first: list[tuple[int, float]] = []
+
+    def on_poll(info: dict) -> None:
+        if not first:
+            first.append((count(src), time.monotonic()))
+        phases(info)
+
+    t_launch = time.monotonic()
+    res = h.migrate(caps, params, timeout, on_poll=on_poll)
+    n0, t0 = first[0] if first else (count(src), t_launch)
     # the source's log has every write up to the stop (or the give-up)
     n1 = count(src)
     running = ((res.total_ms - (res.downtime_ms or 0)) / 1000
@@ -726,21 +737,6 @@ def _pattern(name: str) -> Pattern:
     return next(p for p in PATTERNS if p.name == name)
 
 
-def rate_thresholds(rate_max: float | None = None) -> str:
-    """Per pattern: the write rate beyond which live mode stops
-    converging at the sweep's bandwidth, by the model."""
-    rows = []
-    for p in PATTERNS:
-        r = threshold_rate(p, BANDWIDTH)
-        rows.append([p.name, "never" if math.isinf(r) else f"{r:,.0f}",
-                     f"{dirty_bytes_per_s(p, rate_max) / MiB:.2f} MiB/s"
-                     if rate_max else "-"])
-    return markdown_table(
-        ["pattern", f"writes/s at which it stops converging at "
-         f"{BANDWIDTH // MiB} MiB/s (model)",
-         "dirty bitmap bytes/s at the guest's max rate (model)"], rows)
-
-
 def describe() -> str:
     return (f"Linux guest (q35, TCG, patched build) writing 4 KiB O_DIRECT "
             f"blocks to a 1 TiB virtio-blk disk on an iothread, bitmaps at "
@@ -803,20 +799,3 @@ def data(results: list[Result]) -> list[dict]:
         d["kind"] = type(r).__name__
         out.append(d)
     return out
-
-
-def main(layout: Layout, quick: bool = False) -> int:
-    start = time.monotonic()
-    results = run(layout, quick)
-    loads = _loads(results)
-    rate_max = max((r.rate_before for r in loads if r.rate_setting == 0),
-                   default=None)
-    md = (describe() + "\n\n" + table(results) + "\n\n" +
-          f"Model thresholds (guest's max rate before migrating: "
-          f"{rate_max or 0:.0f} writes/s):\n\n" + rate_thresholds(rate_max))
-    d = save(layout, "writeload", md, data(results))
-    plot(results, d / "writeload.png")
-    print(md)
-    print(f"\n(written to {d}/results.md, results.json, writeload.png; "
-          f"{time.monotonic() - start:.0f} s)")
-    return 0

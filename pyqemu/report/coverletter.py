@@ -96,7 +96,7 @@ def measured(results: dict) -> dict[str, str]:
         "bandwidth": f"{params['max-bandwidth'] // MiB} MiB/s",
         "limit": f"{params['downtime-limit']} ms",
         "runs": str(results["runs"]),
-        "precopy_ok": f"{sum(1 for x in precopy if x.converged)}",
+        "precopy_ok": f"{sum(1 for x in precopy if x.converged == x.runs)}",
         "precopy_all": f"{len(precopy)}",
         "early_worst_downtime": f"{worst(early, 'visible'):.0f} ms",
         "early_risk_ms": f"{worst(early, 'risk'):.0f} ms",
