@@ -186,12 +186,6 @@ def _transferred(vm: VM) -> int:
     return int(migration.query(vm).get("ram", {}).get("transferred", 0))
 
 
-def _wait_switchover(dst: VM) -> None:
-    """Until the destination VM runs: the switchover is done."""
-    until(lambda: migration.run_state(dst), lambda s: s == "running", 120,
-          "the destination to run", interval=0.01)
-
-
 def _settle(vm: VM) -> str:
     """The migration status of a survivor once it stopped migrating (or
     what it still is after SETTLE seconds, marked as such)."""
@@ -326,7 +320,9 @@ def run_case(layout: Layout, mode: str, fault: str, setup: Setup,
             src.add_bitmaps()
             fill(src)
             _start(mode, setup, src, dst, link)
-            _wait_switchover(dst)
+            # the switchover is done once the destination runs; polled
+            # closely, so that the fault comes right after it
+            migration.wait_destination_running(dst, 120, interval=0.01)
             at_switchover = _transferred(src)
             bm_info = migration.query(src).get("dirty-bitmaps", {})
             # the source is stopped now: its bitmaps are what the

@@ -77,7 +77,6 @@ from __future__ import annotations
 import bisect
 import math
 import re
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -93,6 +92,7 @@ from ..paths import Layout
 from ..report.table import markdown_table
 from ..util.units import KiB, MiB, TiB, fmt_bytes
 from . import chunks
+from .compare import Dist, dist
 
 DISK = TiB
 BITMAPS = (Bitmap("bm-4k", 4 * KiB), Bitmap("bm-64k", 64 * KiB))
@@ -621,23 +621,6 @@ def table(results: list[Result]) -> str:
     return out
 
 
-@dataclass
-class Spread:
-    """A median with its range and how many values it is of."""
-
-    median: float
-    low: float
-    high: float
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> "Spread | None":
-        if not values:
-            return None
-        return cls(statistics.median(values), min(values), max(values),
-                   len(values))
-
-
 def load_results(rows: list[dict]) -> list[Result]:
     """The write-load results back from results.json (:func:`data`), for
     the cover letter; the threshold steps are left out."""
@@ -652,7 +635,7 @@ def load_results(rows: list[dict]) -> list[Result]:
     return out
 
 
-def target_values(results: list[Result]) -> dict[str, Spread | None]:
+def target_values(results: list[Result]) -> dict[str, Dist | None]:
     """The numbers the issue's write-load targets are about, over every
     boot: downtime of the live hops and of the no-bitmap migrations
     (ms), and the guest's write rate during a live migration divided by
@@ -660,16 +643,16 @@ def target_values(results: list[Result]) -> dict[str, Spread | None]:
     "as fast as it goes" apart, the latter being noisy)."""
     loads = _loads(results)
     return {
-        "live_downtime": Spread.of([
+        "live_downtime": dist([
             float(h.downtime_ms) for r in loads for h in r.hops
             if h.converged and h.downtime_ms is not None]),
-        "plain_downtime": Spread.of([
+        "plain_downtime": dist([
             float(r.plain.downtime_ms) for r in loads
             if r.plain.converged and r.plain.downtime_ms is not None]),
-        "ratio_paced": Spread.of([
+        "ratio_paced": dist([
             r.rate_live / r.plain.rate for r in loads
             if r.rate_setting > IDLE_RATE and r.plain.rate > 0]),
-        "ratio_max": Spread.of([
+        "ratio_max": dist([
             r.rate_live / r.plain.rate for r in loads
             if r.rate_setting == 0 and r.plain.rate > 0]),
     }

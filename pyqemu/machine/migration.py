@@ -189,9 +189,10 @@ def run_state(vm: VM) -> str:
     return str(vm.cmd("query-status")["status"])
 
 
-def wait_destination_running(dst: VM, timeout: float = 30) -> None:
+def wait_destination_running(dst: VM, timeout: float = 30,
+                             interval: float = 0.05) -> None:
     try:
         until(lambda: run_state(dst), lambda s: s == "running", timeout,
-              f"destination {dst.name} to run")
+              f"destination {dst.name} to run", interval)
     except PollTimeout as e:
         raise MigrationTimeout(str(e)) from None
