@@ -59,6 +59,12 @@ def start(src: VM, dst: VM, uri: str, caps: dict[str, bool],
     src.cmd("migrate", uri=uri)
 
 
+#: to_switchover()'s bandwidth until the guest has written (bytes/s)
+CRAWL = 64 * KiB
+#: QEMU's own max-bandwidth default (bytes/s)
+DEFAULT_BANDWIDTH = 128 * MiB
+
+
 def to_switchover(src: VM, dst: VM, uri: str, caps: dict[str, bool],
                   params: dict[str, Any], progress: Callable[[], int],
                   timeout: float = 120,
@@ -69,10 +75,18 @@ def to_switchover(src: VM, dst: VM, uri: str, caps: dict[str, bool],
     Returns the guest's write count (*progress*) once the migration has
     started and at the stop: a test of bitmaps that change during a
     migration needs the second to be larger, else it proves nothing.
+    So the migration crawls (:data:`CRAWL`) until the guest has written,
+    and only then gets *params*' ``max-bandwidth``: at full speed, a
+    migration of sparse bitmaps can be over before the guest's next
+    report.
     """
     start(src, dst, uri, dict(caps, **{"pause-before-switchover": True}),
-          params, dst_caps)
+          dict(params, **{"max-bandwidth": CRAWL}), dst_caps)
     during = progress()
+    until(progress, lambda n: n > during, timeout,
+          "a guest write during the migration")
+    set_parameters(src, {"max-bandwidth": params.get("max-bandwidth",
+                                                     DEFAULT_BANDWIDTH)})
     wait(src, ("pre-switchover",), timeout)
     return during, progress()
 
