@@ -261,6 +261,10 @@ def blurb(results: dict, overhead: float, fuzzing: str) -> str:
         proportional to the chunk (hbitmap (de)serialization also becomes
         a memcpy on little-endian hosts), so COMPLETE costs nothing in the
         downtime;""",
+        """- the source sends a run of clear chunks as one chunk of zeroes,
+        and flushes live mode's zero chunks with its buffer, so sparse
+        bitmaps cost each side a few headers, not one per 1 KiB of bitmap
+        data, and the destination never falls behind the source;""",
         """- query-migrate and HMP info migrate report dirty-bitmaps
         statistics; the new x-debug-block-dirty-bitmap-regions (and HMP
         info dirty-bitmap-regions) shows where a bitmap is dirty, which
