@@ -31,7 +31,7 @@ SERIES_IOTESTS = ("migrate-bitmaps-pending", "migrate-bitmaps-cancel",
                   "migrate-bitmaps-huge-granularity",
                   "migrate-bitmaps-resize", "migrate-bitmaps-quit",
                   "qemu-io-inactive-node", "migrate-bitmaps-live",
-                  "dirty-bitmap-regions")
+                  "migrate-bitmaps-sparse", "dirty-bitmap-regions")
 
 #: Tests that may legitimately not run here, and the reason check gives.
 EXPECTED_NOT_RUN = {

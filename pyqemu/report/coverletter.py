@@ -261,10 +261,12 @@ def blurb(results: dict, overhead: float, fuzzing: str) -> str:
         proportional to the chunk (hbitmap (de)serialization also becomes
         a memcpy on little-endian hosts), so COMPLETE costs nothing in the
         downtime;""",
-        """- the source sends a run of clear chunks as one chunk of zeroes,
-        and flushes live mode's zero chunks with its buffer, so sparse
-        bitmaps cost each side a few headers, not one per 1 KiB of bitmap
-        data, and the destination never falls behind the source;""",
+        """- in live mode the source sends a run of clear chunks as one
+        chunk of zeroes, flushed with its buffer, and the destination
+        skips zeroes for a range that is already clear instead of
+        faulting in the memory to clear it: a sparse bitmap costs a few
+        headers, and memory only where it has bits set, so the
+        destination never falls behind the source;""",
         """- query-migrate and HMP info migrate report dirty-bitmaps
         statistics; the new x-debug-block-dirty-bitmap-regions (and HMP
         info dirty-bitmap-regions) shows where a bitmap is dirty, which
@@ -287,7 +289,8 @@ def blurb(results: dict, overhead: float, fuzzing: str) -> str:
         counts and finish, the partial last word); iotests
         migrate-bitmaps-pending, -cancel, -size-mismatch,
         -huge-granularity, -resize, -quit, qemu-io-inactive-node,
-        migrate-bitmaps-live (with postcopy started during the bulk phase)
+        migrate-bitmaps-live (with postcopy started during the bulk phase),
+        migrate-bitmaps-sparse
         and dirty-bitmap-regions; the existing bitmap iotests pass.  Every
         patch builds and passes test-hbitmap on its own, and every fix's
         test passes on its own prefix.  Outside the series, the same
