@@ -20,6 +20,12 @@ from ..log import info
 from ..paths import REPO, SANITIZED, Layout
 from ..util.proc import die_with_parent
 
+#: pytest-xdist workers.  The suite mostly waits (on guests, migrations
+#: held to a bandwidth, timeouts that must expire), so two workers halve
+#: its time on this project's 2-core machines; tests/conftest.py groups
+#: what must share a worker.  ``./run test -- -n 0`` runs it serially.
+WORKERS = 2
+
 
 def main(layout: Layout, pytest_args: list[str]) -> int:
     deps.ensure(deps.BUILD + deps.FIRMWARE + deps.TEST)
@@ -31,7 +37,8 @@ def main(layout: Layout, pytest_args: list[str]) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     cmd = [sys.executable, "-m", "pytest", str(REPO / "tests"),
-           "-o", f"cache_dir={layout.root / 'pytest-cache'}"]
+           "-o", f"cache_dir={layout.root / 'pytest-cache'}",
+           "-n", str(WORKERS), "--dist", "loadgroup"]
     if layout.qemu_src is not None:
         cmd.append(f"--qemu-src={layout.qemu_src}")
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -8,6 +8,7 @@ machine's gcc and ld into the cache, once per set of build parameters.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -56,8 +57,10 @@ def build(layout: Layout, config: WriterConfig = WriterConfig()) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    obj = out.with_suffix(".o")
-    tmp = out.with_suffix(".tmp")
+    # private names: parallel test workers may build the same image at
+    # once, and only the final rename is atomic
+    obj = out.with_suffix(f".{os.getpid()}.o")
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
     run(["gcc", "-m32", "-c", *defines, "-o", obj, SOURCE])
     run(["ld", "-m", "elf_i386", "-Ttext=0x7c00", "--oformat=binary", "-o",
          tmp, obj])

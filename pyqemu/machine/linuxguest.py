@@ -29,6 +29,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -299,7 +300,7 @@ def initramfs(layout: Layout, k: Kernel | None = None) -> Path:
                 made.add(str(p))
         cpio.file(f"lib/modules/{m}", (k.modules / m).read_bytes())
     cpio.file("modules.order", "".join(f"{m}\n" for m in modules).encode())
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")   # parallel workers
     # mtime=0: the same inputs give the same bytes
     tmp.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
     tmp.rename(out)
