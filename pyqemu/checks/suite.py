@@ -22,8 +22,9 @@ from ..util.proc import die_with_parent
 
 #: pytest-xdist workers.  The suite mostly waits (on guests, migrations
 #: held to a bandwidth, timeouts that must expire), so two workers halve
-#: its time on this project's 2-core machines; tests/conftest.py groups
-#: what must share a worker.  ``./run test -- -n 0`` runs it serially.
+#: its time on this project's 2-core machines.  Each test module stays on
+#: one worker (``loadfile``; see tests/conftest.py).  ``./run test -- -n 0``
+#: runs the suite serially.
 WORKERS = 2
 
 
@@ -38,7 +39,7 @@ def main(layout: Layout, pytest_args: list[str]) -> int:
         extra = extra[1:]
     cmd = [sys.executable, "-m", "pytest", str(REPO / "tests"),
            "-o", f"cache_dir={layout.root / 'pytest-cache'}",
-           "-n", str(WORKERS), "--dist", "loadgroup"]
+           "-n", str(WORKERS), "--dist", "loadfile"]
     if layout.qemu_src is not None:
         cmd.append(f"--qemu-src={layout.qemu_src}")
     env = dict(os.environ, PYTHONPATH=str(REPO))
