@@ -61,8 +61,6 @@ def start(src: VM, dst: VM, uri: str, caps: dict[str, bool],
 
 #: to_switchover()'s bandwidth until the guest has written (bytes/s)
 CRAWL = 64 * KiB
-#: QEMU's own max-bandwidth default (bytes/s)
-DEFAULT_BANDWIDTH = 128 * MiB
 
 
 def to_switchover(src: VM, dst: VM, uri: str, caps: dict[str, bool],
@@ -80,13 +78,14 @@ def to_switchover(src: VM, dst: VM, uri: str, caps: dict[str, bool],
     migration of sparse bitmaps can be over before the guest's next
     report.
     """
+    full = params.get("max-bandwidth",
+                      src.cmd("query-migrate-parameters")["max-bandwidth"])
     start(src, dst, uri, dict(caps, **{"pause-before-switchover": True}),
           dict(params, **{"max-bandwidth": CRAWL}), dst_caps)
     during = progress()
     until(progress, lambda n: n > during, timeout,
           "a guest write during the migration")
-    set_parameters(src, {"max-bandwidth": params.get("max-bandwidth",
-                                                     DEFAULT_BANDWIDTH)})
+    set_parameters(src, {"max-bandwidth": full})
     wait(src, ("pre-switchover",), timeout)
     return during, progress()
 
