@@ -91,11 +91,10 @@ def fill(vm: VM, disk: Disk, density: str) -> None:
             vm.cmd("block-dirty-bitmap-add", node=_HELPER, name="fill",
                    granularity=gran)
             for off, length in ranges(disk.size, gran, density):
-                out = vm.hmp(f'qemu-io {_HELPER} "write -z -u -n {off} '
-                             f'{length}"')
-                if out.strip():
-                    raise FillError(f"qemu-io write -z {off}+{length} on "
-                                    f"the helper node: {out.strip()}")
+                try:
+                    vm.qemu_io_write(_HELPER, f"write -z -u -n {off} {length}")
+                except RuntimeError as e:
+                    raise FillError(f"the helper node: {e}") from None
             for b in disk.bitmaps:
                 vm.cmd("block-dirty-bitmap-merge", node=disk.node,
                        target=b.name,

@@ -264,7 +264,7 @@ class VM:
                          granularity=b.granularity, persistent=b.persistent,
                          disabled=b.disabled)
 
-    def _qemu_io_write(self, node: str, command: str) -> None:
+    def qemu_io_write(self, node: str, command: str) -> None:
         """One HMP qemu-io write, checked.
 
         A node that a guest device uses is written through the device
@@ -287,7 +287,7 @@ class VM:
 
     def write(self, node: str, offset: int, length: int) -> None:
         """A write through the block layer (HMP qemu-io): dirties bitmaps."""
-        self._qemu_io_write(node, f"write {offset} {length}")
+        self.qemu_io_write(node, f"write {offset} {length}")
 
     def dirty(self, node: str, offset: int, length: int) -> None:
         """Set every bitmap bit of a range at little cost: zero writes of
@@ -296,7 +296,7 @@ class VM:
         end = offset + length
         while offset < end:
             n = min(end - offset, GiB)
-            self._qemu_io_write(node, f"write -z {offset} {n}")
+            self.qemu_io_write(node, f"write -z {offset} {n}")
             offset += n
 
     def bitmaps(self) -> dict[tuple[str, str], dict]:
