@@ -75,14 +75,32 @@ def obtain(layout: Layout) -> Tarball:
                       f"{conf['series']} checkout instead")
 
 
+#: The tarball's firmware sources (u-boot, skiboot, SLOF, ...): 246 of its
+#: 334 MB.  Nothing here builds firmware (Debian's packages supply SeaBIOS
+#: and the option ROMs), so they are left out of the tree and of its base
+#: commit, which saves most of the unpacking and the ``git add``.
+FIRMWARE_SOURCES = "roms"
+
+
+def _firmware_source(member: tarfile.TarInfo) -> bool:
+    """A directory under roms/, or anything in one; roms/'s own files
+    (build configurations, scripts) are kept."""
+    parts = member.name.split("/")     # top/roms/<dir>/...
+    return len(parts) >= 3 and parts[1] == FIRMWARE_SOURCES and \
+        (len(parts) > 3 or member.isdir())
+
+
 def unpack(tarball: Path, dest: Path) -> None:
-    """Replace *dest* with the tarball's top directory, owned by us."""
+    """Replace *dest* with the tarball's top directory, owned by us,
+    without the firmware sources (:data:`FIRMWARE_SOURCES`)."""
     tmp = dest.with_name(dest.name + ".unpacking")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     uid, gid = os.getuid(), os.getgid()
 
-    def mine(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    def mine(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        if _firmware_source(member):
+            return None
         # Owned by us, not by the tarball's uid: git refuses to work in a
         # tree owned by someone else ("dubious ownership").
         member = tarfile.tar_filter(member, path)
