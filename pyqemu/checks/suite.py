@@ -9,6 +9,7 @@ pytest's own ``--qemu-src`` option (see tests/conftest.py).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 
 from ..build import deps
 from ..build.driver import build
+from ..errors import PyqemuError
 from ..log import info
 from ..paths import REPO, SANITIZED, Layout
 from ..util.proc import die_with_parent
@@ -29,6 +31,12 @@ WORKERS = 2
 
 
 def main(layout: Layout, pytest_args: list[str]) -> int:
+    missing = [m for m in ("pytest", "xdist", "hypothesis")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        # ./run installs them for "test"; python -m pyqemu does not
+        raise PyqemuError(f"{', '.join(missing)} not installed: run "
+                          "./run test, or pip install -r requirements-dev.txt")
     deps.ensure(deps.BUILD + deps.FIRMWARE + deps.TEST)
     start = time.monotonic()
     # stock and patched for everything, the sanitized tree for the fuzzer
