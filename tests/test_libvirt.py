@@ -40,6 +40,14 @@ def _netns() -> list[str]:
     return run(["ip", "netns", "list"]).stdout.split()
 
 
+def _tool_logs() -> set[Path]:
+    """The log files virtnbdbackup creates for qemu-nbd and qemu-img in
+    the temporary directory, and never removes."""
+    tmp = Path(tempfile.gettempdir())
+    return {p for pat in ("qemu-nbd*.log", "qemu-img*.log")
+            for p in tmp.glob(pat)}
+
+
 def _etc_libvirt() -> dict[str, bytes]:
     d = Path("/etc/libvirt")
     return {str(p): p.read_bytes() for p in d.rglob("*") if p.is_file()} \
@@ -168,11 +176,14 @@ def test_backup_chain_survives_virsh_migrate(
     the full backup alone does not (the comparison can fail).  How the
     bitmap travelled is the one libvirt's storage mode dictates."""
     h, a, b = hosts
+    logs = _tool_logs()
     p = check.probe(layout, flavour)
     h.use_tools({t: binary(layout, t, flavour)
                  for t in ("qemu-img", "qemu-nbd")})
     r = check.scenario(layout, h, a, b, flavour, storage, p)
     assert not r.error, r.error
+    # virtnbdbackup ran with the host's private TMPDIR, not the machine's
+    assert _tool_logs() <= logs
     if not r.converged:
         # the limitation the series removes; never acceptable when patched
         assert flavour == "stock"

@@ -184,9 +184,13 @@ class Host:
 
     @property
     def env(self) -> dict[str, str]:
-        """Tools by this host's PATH (the build under test first), and
-        untranslated messages, which the checks parse."""
-        return dict(os.environ, PATH=self.path, LC_ALL="C")
+        """Tools by this host's PATH (the build under test first),
+        untranslated messages, which the checks parse, and a private
+        TMPDIR: virtnbdbackup leaves a qemu-nbd/qemu-img log file in the
+        temporary directory on every run, and :class:`Hosts` removes
+        this one."""
+        return dict(os.environ, PATH=self.path, LC_ALL="C",
+                    TMPDIR=str(self.root / "tmp"))
 
     def private(self, machine_path: str) -> Path:
         """Where a machine path such as /var/lib/libvirt/images is, seen
@@ -235,6 +239,7 @@ class Host:
         for sub in PRIVATE_DIRS.values():
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "lib" / "images").mkdir(exist_ok=True)
+        (self.root / "tmp").mkdir(exist_ok=True)
         etc = self.root / "etc"
         # Listening on TCP without auth is acceptable only because the
         # address exists in our private namespace pair and nowhere else.
