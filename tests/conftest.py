@@ -19,6 +19,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pyqemu.checks import suite  # noqa: E402
+from pyqemu.errors import PyqemuError  # noqa: E402
 from pyqemu.paths import Layout, layout_for  # noqa: E402
 from pyqemu.shim import ffi  # noqa: E402
 from pyqemu.shim.hbitmap import HBitmap  # noqa: E402
@@ -32,6 +34,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 #: The longest modules (about 2.5 min, 1.5 min and 1.5 min of a warm run)
 LONGEST_FIRST = ("test_libvirt", "test_upstream", "test_backup")
+#: seconds a test waits for the background build of the sanitized tree:
+#: about 5 minutes from a cold ccache, longer while the tests run
+SANITIZED_BUILD_TIMEOUT = 1800
+#: The modules that need the sanitized tree, which ``./run test`` builds in
+#: the background meanwhile (see the ``sanitized`` fixture)
+SANITIZED_LAST = ("test_quit_live", "test_fuzz")
 
 
 def pytest_collection_modifyitems(config: pytest.Config,
@@ -40,11 +48,15 @@ def pytest_collection_modifyitems(config: pytest.Config,
     workers with ``--dist loadfile``: a module stays on one worker, since
     its tests may share a fixture that does a whole module's work once
     (all iotests in one ``check``).  Modules are handed out in collection
-    order, so the longest ones go first and do not start last."""
+    order, so the longest ones go first and do not start last; the ones
+    that need the sanitized tree go last, to give its build time."""
     def rank(item: pytest.Item) -> int:
         stem = item.path.stem
-        return LONGEST_FIRST.index(stem) if stem in LONGEST_FIRST \
-            else len(LONGEST_FIRST)
+        if stem in LONGEST_FIRST:
+            return LONGEST_FIRST.index(stem)
+        if stem in SANITIZED_LAST:
+            return len(LONGEST_FIRST) + 1 + SANITIZED_LAST.index(stem)
+        return len(LONGEST_FIRST)
     items.sort(key=rank)
 
 
@@ -52,6 +64,17 @@ def pytest_collection_modifyitems(config: pytest.Config,
 def layout(request: pytest.FixtureRequest) -> Layout:
     """The trees under test, chosen once for the session."""
     return layout_for(request.config.getoption("qemu_src"))
+
+
+@pytest.fixture(scope="session")
+def sanitized() -> None:
+    """The sanitized tree, which ``./run test`` builds in the background
+    while the other modules run: wait for that build to end.  A failed
+    build fails the test; run directly, pytest expects the tree built."""
+    try:
+        suite.wait_sanitized(SANITIZED_BUILD_TIMEOUT)
+    except PyqemuError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ from pyqemu.build.driver import binary
 from pyqemu.checks.fuzz import campaign
 from pyqemu.paths import SANITIZED
 
+#: built in the background by ./run test: wait for it
+pytestmark = pytest.mark.usefixtures("sanitized")
+
 REGRESSIONS = sorted(campaign.REGRESSIONS.glob("*.bin"))
 
 

@@ -23,6 +23,9 @@ from pyqemu.paths import SANITIZED, Layout
 from pyqemu.util.poll import until
 from pyqemu.util.units import KiB, MiB, TiB
 
+#: built in the background by ./run test: wait for it
+pytestmark = pytest.mark.usefixtures("sanitized")
+
 ROUNDS = 6
 BITMAPS = tuple(Bitmap(f"bm{i}", 64 * KiB) for i in range(8))
 

@@ -5,6 +5,11 @@ both QEMU trees, the shim), so a fresh clone on a fresh machine can run it
 with nothing prepared; on a warm cache the build step is a no-op and
 testing starts within seconds.  The chosen tree reaches the tests as
 pytest's own ``--qemu-src`` option (see tests/conftest.py).
+
+Only the stream fuzzer's tests need the sanitized tree, the longest build
+from a cold cache (about 5 minutes).  It is built in the background, at
+the lowest CPU priority, while the rest of the suite runs; those tests
+run last and wait for it (the ``sanitized`` fixture).
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ import importlib.util
 import os
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 from ..build import deps
 from ..build.driver import build
 from ..errors import PyqemuError
-from ..log import info
-from ..paths import REPO, SANITIZED, Layout
+from ..log import info, warn
+from ..paths import REPO, Layout
 from ..util.proc import die_with_parent
 
 #: pytest-xdist workers.  The suite mostly waits (on guests, migrations
@@ -28,6 +35,73 @@ from ..util.proc import die_with_parent
 #: one worker (``loadfile``; see tests/conftest.py).  ``./run test -- -n 0``
 #: runs the suite serially.
 WORKERS = 2
+
+#: Environment variable that tells the tests where the background build of
+#: the sanitized tree writes its exit status when it ends (unset: the
+#: tree is expected to be built already).
+SANITIZED_STATUS = "PYQEMU_SANITIZED_STATUS"
+
+
+class SanitizedBuild:
+    """``pyqemu build --asan`` at nice 19, its output in a log file, its
+    exit status written to a file (atomically) when it ends."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.log = layout.root / "sanitized-build.log"
+        self.status = layout.root / "sanitized-build.status"
+        self.status.unlink(missing_ok=True)
+        argv = ["nice", "-n", "19", sys.executable, "-m", "pyqemu", "build",
+                "--asan"]
+        if layout.qemu_src is not None:
+            argv += ["--qemu-src", str(layout.qemu_src)]
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, cwd=REPO,
+                env=dict(os.environ, PYTHONPATH=str(REPO)),
+                preexec_fn=die_with_parent())
+        self._waiter = threading.Thread(target=self._wait, daemon=True)
+        self._waiter.start()
+
+    def _wait(self) -> None:
+        code = self.proc.wait()
+        tmp = self.status.with_suffix(".tmp")
+        tmp.write_text(f"{code}\n")
+        tmp.replace(self.status)
+
+    def finish(self) -> int | None:
+        """Stop a build nothing waited for (a selection without the fuzzer
+        tests); return its exit status, None if it was stopped."""
+        if self.proc.poll() is None:
+            info("stopping the sanitized build: no test needed it")
+            self.proc.terminate()
+            self.proc.wait()
+            self._waiter.join()
+            return None
+        self._waiter.join()
+        return self.proc.returncode
+
+
+def wait_sanitized(timeout: float) -> None:
+    """For the tests: block until the background build of the sanitized
+    tree has ended (no-op when none runs); raise if it failed."""
+    status = os.environ.get(SANITIZED_STATUS)
+    if not status:
+        return
+    path = Path(status)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() >= deadline:
+            raise PyqemuError(f"the sanitized tree's build did not end in "
+                              f"{timeout:g} s (log: "
+                              f"{path.with_suffix('.log')})")
+        time.sleep(1)
+    code = path.read_text().strip()
+    if code != "0":
+        log = path.with_suffix(".log")
+        tail = "".join(log.read_text(errors="replace").splitlines(True)[-20:])
+        raise PyqemuError(f"building the sanitized tree failed (exit {code}; "
+                          f"log: {log}):\n{tail}")
 
 
 def main(layout: Layout, pytest_args: list[str]) -> int:
@@ -39,9 +113,10 @@ def main(layout: Layout, pytest_args: list[str]) -> int:
                           "./run test, or pip install -r requirements-dev.txt")
     deps.ensure(deps.BUILD + deps.FIRMWARE + deps.TEST)
     start = time.monotonic()
-    # stock and patched for everything, the sanitized tree for the fuzzer
-    build(layout, ("stock", "patched", SANITIZED))
-    info(f"build step took {time.monotonic() - start:.1f}s; running pytest")
+    build(layout, ("stock", "patched"))
+    info(f"build step took {time.monotonic() - start:.1f}s; running pytest, "
+         "the sanitized tree building in the background")
+    background = SanitizedBuild(layout)
     extra = list(pytest_args)
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -51,5 +126,14 @@ def main(layout: Layout, pytest_args: list[str]) -> int:
     if layout.qemu_src is not None:
         cmd.append(f"--qemu-src={layout.qemu_src}")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([*cmd, *extra], cwd=REPO, env=env, check=False,
-                          preexec_fn=die_with_parent()).returncode
+    env[SANITIZED_STATUS] = str(background.status)
+    try:
+        code = subprocess.run([*cmd, *extra], cwd=REPO, env=env, check=False,
+                              preexec_fn=die_with_parent()).returncode
+    finally:
+        built = background.finish()
+    if built not in (0, None):
+        # the fuzzer's tests failed on it, if they were selected
+        warn(f"building the sanitized tree failed (exit {built}): see "
+             f"{background.log}")
+    return code
