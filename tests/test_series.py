@@ -15,7 +15,7 @@ from pyqemu.tree import series
 
 #: Patches whose context includes hbitmap_set()'s definition in
 #: util/hbitmap.c: the drift below must make each of them fail.
-FAIL_ON_DRIFT = ("0009-", "0010-", "0014-", "0015-")
+FAIL_ON_DRIFT = ("0010-", "0011-", "0015-", "0016-")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 

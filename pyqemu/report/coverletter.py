@@ -234,9 +234,12 @@ def blurb(results: dict, overhead: float, fuzzing: str) -> str:
         migration divided by its rate during one without bitmaps was
         {m['wl_paced']} at paced rates and {m['wl_max']} as fast as it
         goes; {m['wl_max_note']}.""",
-        """v2 is rebased on 10.2 and starts with stand-alone fixes, each
-        with its own regression test and Cc: qemu-stable, found while
-        reviewing v1 as a maintainer would:""",
+        """v2 is rebased on 10.2.  It starts with a test fix:
+        nbd_server_stop() in the iotests returned before qemu-nbd had
+        exited and released the image's locks, and upstream's
+        qemu-img-bitmaps failed on a loaded host for that reason.  Then
+        come stand-alone fixes, each with its own regression test and Cc:
+        qemu-stable, found while reviewing v1 as a maintainer would:""",
         """- hbitmap_deserialize_ones() set bits past the end of a bitmap,
         which showed up once the bitmap grew;""",
         "- the pending estimate counted bitmap bits as bytes;",
@@ -308,8 +311,9 @@ def blurb(results: dict, overhead: float, fuzzing: str) -> str:
         migration, migrations to and from Debian's QEMU 7.2, migrations
         between network namespaces broken by cancel, a killed destination
         and a cut link, and {fuzzing}."""
-    changes = """Changes since v1: rebased on 10.2.2 (save_complete); fixes
-        first, with their own tests; six new fixes (the last six above);
+    changes = """Changes since v1: rebased on 10.2.2 (save_complete); the
+        iotests' nbd_server_stop() waits for qemu-nbd; fixes first, with
+        their own tests; six new fixes (the last six above);
         dirty-bitmaps-live without dirty-bitmaps is no longer an error,
         and the x-dirty-bitmaps-live migration property; the dirty phase
         keeps a cursor per bitmap and the final pass is bounded; remaining
