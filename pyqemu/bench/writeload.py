@@ -25,7 +25,10 @@ bitmaps at the same bandwidth (last: it leaves the bitmaps behind).  The
 rate during each migration against the rate without one says what
 migrating costs the guest; against the rate during the migration without
 bitmaps it separates "the migration competes for the host's CPUs" from
-"the meta bitmap costs the write path" (ratio live / no-bitmap).
+"the meta bitmap costs the write path" (ratio live / no-bitmap).  As fast
+as the guest goes, that ratio compares different QEMU processes, whose
+rates differ by more than the effect; there a boot first measures the
+guest's cost in one QEMU (:class:`CostResult`), and the target uses that.
 
 The model of the resent chunks
 ------------------------------
