@@ -273,6 +273,10 @@ def run(layout: Layout, scenario: str,
                        retry, ok)
 
 
+#: disk bytes dirtied before the live postcopy-failure scenario
+POSTCOPY_DENSE = 128 * GiB
+
+
 def postcopy_failure(layout: Layout, flavour: str, live: bool,
                      workdir: Path | None = None) -> tuple[str, str]:
     """The destination dies during bitmap postcopy: (migration status,
@@ -288,6 +292,12 @@ def postcopy_failure(layout: Layout, flavour: str, live: bool,
                     granularity=4 * KiB)
             for i in range(64):
                 src.write("disk0", i * 64 * GiB, 64 * KiB)
+            if live:
+                # a sparse bitmap is sent live in a few coalesced chunks and
+                # the migration can complete before migrate-start-postcopy
+                # (seen under load): 4 MiB of set bits keep the bulk phase
+                # going for about a second at 4 MiB/s
+                src.dirty("disk0", 0, POSTCOPY_DENSE)
             # Bitmap postcopy ignores max-bandwidth: without its own
             # limit it may be over before the destination is killed
             migration.start(src, dst, f"unix:{workdir}/m.sock", _caps(live),
