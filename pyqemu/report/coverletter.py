@@ -164,8 +164,8 @@ def _writeload(rows: list[dict]) -> dict[str, str]:
     if top is None:
         max_note = "not measured"
     elif top.low <= 1.0 <= top.high:
-        max_note = ("its spread over boots is larger than the meta bitmap's "
-                    "cost")
+        max_note = ("its spread over patterns is larger than the meta "
+                    "bitmap's cost")
     else:
         max_note = ("there the guest's vCPU and iothread share this "
                     "host's 2 cores with the migration thread, which keeps "
@@ -233,7 +233,9 @@ def blurb(results: dict, overhead: float, fuzzing: str) -> str:
         migrations without bitmaps.  The guest's write rate during a live
         migration divided by its rate during one without bitmaps was
         {m['wl_paced']} at paced rates and {m['wl_max']} as fast as it
-        goes; {m['wl_max_note']}.""",
+        goes (there measured in one QEMU, migrations of each kind held
+        active in turn, since the rate at full speed differs by up to 20%
+        between QEMU processes); {m['wl_max_note']}.""",
         """v2 is rebased on 10.2.  It starts with a test fix:
         nbd_server_stop() in the iotests returned before qemu-nbd had
         exited and released the image's locks, and upstream's
