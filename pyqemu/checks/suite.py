@@ -27,6 +27,7 @@ from ..build.driver import build
 from ..errors import PyqemuError
 from ..log import info, warn
 from ..paths import REPO, Layout
+from ..util.poll import until
 from ..util.proc import die_with_parent
 
 #: pytest-xdist workers.  The suite mostly waits (on guests, migrations
@@ -89,13 +90,8 @@ def wait_sanitized(timeout: float) -> None:
     if not status:
         return
     path = Path(status)
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() >= deadline:
-            raise PyqemuError(f"the sanitized tree's build did not end in "
-                              f"{timeout:g} s (log: "
-                              f"{path.with_suffix('.log')})")
-        time.sleep(1)
+    until(path.exists, bool, timeout, f"the sanitized tree's build (log: "
+          f"{path.with_suffix('.log')}) ended", interval=1)
     code = path.read_text().strip()
     if code != "0":
         log = path.with_suffix(".log")
