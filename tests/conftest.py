@@ -32,7 +32,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "the pinned Debian source")
 
 
-#: The longest modules (about 2.5 min, 1.5 min and 1.5 min of a warm run)
+#: The longest modules (about 2, 1.4 and 1.3 min of a warm run)
 LONGEST_FIRST = ("test_libvirt", "test_upstream", "test_backup")
 #: seconds a test waits for the background build of the sanitized tree:
 #: about 5 minutes from a cold ccache, longer while the tests run
