@@ -8,12 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pyqemu import cli
-from pyqemu.build import deps
+from pyqemu.build import deps, driver
 from pyqemu.errors import CommandError
 from pyqemu.machine import netns
 from pyqemu.machine.netns import Link
@@ -175,3 +176,28 @@ def test_package_install_waits_for_a_held_apt_lock(workdir):
     finally:
         holder.kill()
         holder.wait()
+
+
+def _fake_builddir(d: Path, command: str) -> Path:
+    (d / "build.ninja").write_text(
+        f"rule step\n  command = {command}\n"
+        f"build {driver.CONFIGURE_TARGET}: step\n")
+    return d
+
+
+def test_a_failed_step_ahead_fails_the_build_with_its_output(workdir, capsys):
+    """The next flavour's steps run in the background: their failure must
+    surface when that flavour's turn comes, with their own output."""
+    ahead = driver.Ahead("patched", _fake_builddir(
+        workdir, "echo the series does not apply; exit 3"))
+    with pytest.raises(driver.BuildError, match="preparing the patched"):
+        ahead.finish()
+    assert "the series does not apply" in capsys.readouterr().out
+
+
+def test_steps_ahead_are_stopped_when_the_build_before_them_fails(workdir):
+    ahead = driver.Ahead("patched", _fake_builddir(workdir, "sleep 60"))
+    start = time.monotonic()
+    ahead.stop()
+    assert ahead.proc.returncode not in (None, 0)
+    assert time.monotonic() - start < 10, "stop() waited for the step"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +127,11 @@ def from_checkout(layout: Layout, checkout: Path) -> Path:
 def record_origin(layout: Layout, origin: Origin) -> None:
     path = layout.trees / "origin.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(origin.__dict__))
+    # atomically: every flavour's source step records it, and the next
+    # flavour's may run beside this one's (build.driver.Ahead)
+    tmp = path.with_name(f".origin.{os.getpid()}.json")
+    tmp.write_text(json.dumps(origin.__dict__))
+    tmp.replace(path)
 
 
 def read_origin(layout: Layout) -> Origin | None:
