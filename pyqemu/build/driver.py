@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,7 @@ class Ahead:
     def __init__(self, flavour: str, builddir: Path) -> None:
         self.flavour = flavour
         self.log = builddir / "pyqemu-ahead.log"
-        self.start = time.monotonic()
+        start = time.monotonic()
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
                 ["nice", "-n", "10", "ninja", "-C", str(builddir),
@@ -118,13 +119,22 @@ class Ahead:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=dict(os.environ, PYTHONPATH=str(REPO)),
                 preexec_fn=die_with_parent())
+        self.seconds = 0.0
+
+        def wait() -> None:
+            self.proc.wait()
+            self.seconds = time.monotonic() - start
+
+        self._waiter = threading.Thread(target=wait, daemon=True)
+        self._waiter.start()
 
     def finish(self) -> None:
         """Wait for the steps; replay their output; raise if they failed."""
-        code = self.proc.wait()
+        self._waiter.join()
+        code = self.proc.returncode
         text = self.log.read_text(errors="replace")
-        info(f"{self.flavour}: source and configure ran ahead "
-             f"({time.monotonic() - self.start:.1f}s, log {self.log})")
+        info(f"{self.flavour}: source and configure ran ahead, in "
+             f"{self.seconds:.1f}s (log {self.log})")
         sys.stdout.write(text[-6000:] if code else text)
         sys.stdout.flush()
         if code != 0:
@@ -134,7 +144,7 @@ class Ahead:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait()
+        self._waiter.join()
 
 
 def build(layout: Layout,
