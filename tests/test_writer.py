@@ -85,3 +85,15 @@ def test_write_offsets_window_is_a_slice() -> None:
                    WriterConfig(length=MiB, stride=12 * KiB)):
         assert linuxguest.write_offsets(config, 100, 300) == \
             linuxguest.write_offsets(config, 0, 300)[100:]
+
+
+def test_progress_reads_whole_lines_only(tmp_path: Path) -> None:
+    """The count comes from the serial log while the guest writes it: a
+    line cut short ("W 12" of "W 1234") must not be read as a count."""
+    log = tmp_path / "serial.log"
+    assert linuxguest.progress(log) == 0            # not created yet
+    log.write_bytes(b"writer started\r\nW 100\r\nW 1200\r\nW 12")
+    assert linuxguest.progress(log) == 1200
+    log.write_bytes(b"writer started\nW 7\nwriter stall: 1 s\n")
+    assert linuxguest.progress(log) == 7
+    assert linuxguest.last_count(b"no count here\n") is None

@@ -79,7 +79,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -390,8 +389,6 @@ class _Count:
     """The writer's write count across hops, read incrementally: each
     QEMU has its own serial log, which starts empty; the count goes on."""
 
-    W = re.compile(rb"^W (\d+)\r?$", re.M)
-
     def __init__(self) -> None:
         self.last = 0
         self._pos: dict[Path, int] = {}
@@ -406,9 +403,9 @@ class _Count:
             return self.last
         end = data.rfind(b"\n") + 1     # whole lines only
         self._pos[path] = self._pos.get(path, 0) + end
-        counts = self.W.findall(data[:end])
-        if counts:
-            self.last = max(self.last, int(counts[-1]))
+        count = linuxguest.last_count(data[:end])
+        if count is not None:
+            self.last = max(self.last, count)
         return self.last
 
 

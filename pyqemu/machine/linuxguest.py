@@ -362,10 +362,25 @@ def started(serial_log: Path) -> bool:
     return "writer started" in serial_text(serial_log)
 
 
+#: The writer's progress line, "W <completed writes>", in the serial log's
+#: bytes (the console may end lines with \r\n).
+PROGRESS_LINE = re.compile(rb"^W (\d+)\r?$", re.M)
+
+
+def last_count(data: bytes) -> int | None:
+    """The last write count reported in *data* (whole lines of the serial
+    log), None if there is none."""
+    counts = PROGRESS_LINE.findall(data)
+    return int(counts[-1]) if counts else None
+
+
 def progress(serial_log: Path) -> int:
     """The writer's last reported count of completed writes (0 before)."""
-    counts = re.findall(r"^W (\d+)$", serial_text(serial_log), re.M)
-    return int(counts[-1]) if counts else 0
+    try:
+        data = serial_log.read_bytes()
+    except OSError:
+        return 0
+    return last_count(data[:data.rfind(b"\n") + 1]) or 0
 
 
 def _tail(serial_log: Path) -> str:
