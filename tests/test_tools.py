@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pyqemu.machine.netns import Link
 from pyqemu.machine.vm import VM, Exit, MachineError
 from pyqemu.paths import PINNED, REPO, layout_for
 from pyqemu.util.poll import PollTimeout, until
-from pyqemu.util.proc import run
+from pyqemu.util.proc import Background, run
 
 
 @pytest.mark.parametrize("argv", [
@@ -199,5 +200,23 @@ def test_steps_ahead_are_stopped_when_the_build_before_them_fails(workdir):
     ahead = driver.Ahead("patched", _fake_builddir(workdir, "sleep 60"))
     start = time.monotonic()
     ahead.stop()
-    assert ahead.proc.returncode not in (None, 0)
+    assert ahead.job.proc.returncode not in (None, 0)
     assert time.monotonic() - start < 10, "stop() waited for the step"
+
+
+def test_a_background_job_reports_its_end_unasked(workdir):
+    """The sanitized build's status file is written by on_exit when the
+    build ends, with nobody waiting for it: tests poll that file."""
+    ended = threading.Event()
+    codes: list[int] = []
+
+    def on_exit(code: int) -> None:
+        codes.append(code)
+        ended.set()
+
+    job = Background(["sh", "-c", "echo building; exit 4"], workdir / "log",
+                     nice=5, on_exit=on_exit)
+    assert ended.wait(10), "on_exit was not called"
+    assert codes == [4] and job.wait() == 4 and not job.running()
+    assert job.seconds is not None and job.seconds < 10
+    assert (workdir / "log").read_text() == "building\n"

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 from ..errors import CommandError, PyqemuError
 from ..log import info
 from ..paths import FLAVOURS, REPO, SANITIZED, Layout
-from ..util.proc import die_with_parent, run
+from ..util.proc import Background, die_with_parent, run
 from . import deps
 
 
@@ -110,41 +109,25 @@ class Ahead:
 
     def __init__(self, flavour: str, builddir: Path) -> None:
         self.flavour = flavour
-        self.log = builddir / "pyqemu-ahead.log"
-        start = time.monotonic()
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(
-                ["nice", "-n", "10", "ninja", "-C", str(builddir),
-                 CONFIGURE_TARGET],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONPATH=str(REPO)),
-                preexec_fn=die_with_parent())
-        self.seconds = 0.0
-
-        def wait() -> None:
-            self.proc.wait()
-            self.seconds = time.monotonic() - start
-
-        self._waiter = threading.Thread(target=wait, daemon=True)
-        self._waiter.start()
+        self.job = Background(["ninja", "-C", builddir, CONFIGURE_TARGET],
+                              builddir / "pyqemu-ahead.log", nice=10,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
 
     def finish(self) -> None:
         """Wait for the steps; replay their output; raise if they failed."""
-        self._waiter.join()
-        code = self.proc.returncode
-        text = self.log.read_text(errors="replace")
+        code = self.job.wait()
+        log = self.job.log
+        text = log.read_text(errors="replace")
         info(f"{self.flavour}: source and configure ran ahead, in "
-             f"{self.seconds:.1f}s (log {self.log})")
+             f"{self.job.seconds:.1f}s (log {log})")
         sys.stdout.write(text[-6000:] if code else text)
         sys.stdout.flush()
         if code != 0:
             raise BuildError(f"preparing the {self.flavour} flavour failed "
-                             f"(exit {code}; log above, {self.log})")
+                             f"(exit {code}; log above, {log})")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self._waiter.join()
+        self.job.stop()
 
 
 def build(layout: Layout,

@@ -18,7 +18,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from ..errors import PyqemuError
 from ..log import info, warn
 from ..paths import REPO, Layout
 from ..util.poll import until
-from ..util.proc import die_with_parent
+from ..util.proc import Background, die_with_parent
 
 #: pytest-xdist workers.  The suite mostly waits (on guests, migrations
 #: held to a bandwidth, timeouts that must expire), so two workers halve
@@ -51,21 +50,14 @@ class SanitizedBuild:
         self.log = layout.root / "sanitized-build.log"
         self.status = layout.root / "sanitized-build.status"
         self.status.unlink(missing_ok=True)
-        argv = ["nice", "-n", "19", sys.executable, "-m", "pyqemu", "build",
-                "--asan"]
+        argv = [sys.executable, "-m", "pyqemu", "build", "--asan"]
         if layout.qemu_src is not None:
             argv += ["--qemu-src", str(layout.qemu_src)]
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, cwd=REPO,
-                env=dict(os.environ, PYTHONPATH=str(REPO)),
-                preexec_fn=die_with_parent())
-        self._waiter = threading.Thread(target=self._wait, daemon=True)
-        self._waiter.start()
+        self.job = Background(argv, self.log, nice=19, cwd=REPO,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)),
+                              on_exit=self._write_status)
 
-    def _wait(self) -> None:
-        code = self.proc.wait()
+    def _write_status(self, code: int) -> None:
         tmp = self.status.with_suffix(".tmp")
         tmp.write_text(f"{code}\n")
         tmp.replace(self.status)
@@ -73,14 +65,11 @@ class SanitizedBuild:
     def finish(self) -> int | None:
         """Stop a build nothing waited for (a selection without the fuzzer
         tests); return its exit status, None if it was stopped."""
-        if self.proc.poll() is None:
+        if self.job.running():
             info("stopping the sanitized build: no test needed it")
-            self.proc.terminate()
-            self.proc.wait()
-            self._waiter.join()
+            self.job.stop()
             return None
-        self._waiter.join()
-        return self.proc.returncode
+        return self.job.wait()
 
 
 def wait_sanitized(timeout: float) -> None:

@@ -363,13 +363,14 @@ def started(serial_log: Path) -> bool:
 
 
 #: The writer's progress line, "W <completed writes>", in the serial log's
-#: bytes (the console may end lines with \r\n).
-PROGRESS_LINE = re.compile(rb"^W (\d+)\r?$", re.M)
+#: bytes (the console may end lines with \r\n).  Only a finished line
+#: counts: the guest may be half-way through printing one.
+PROGRESS_LINE = re.compile(rb"^W (\d+)\r?\n", re.M)
 
 
 def last_count(data: bytes) -> int | None:
-    """The last write count reported in *data* (whole lines of the serial
-    log), None if there is none."""
+    """The last write count reported in *data*, a piece of the serial
+    log; None if there is none."""
     counts = PROGRESS_LINE.findall(data)
     return int(counts[-1]) if counts else None
 
@@ -377,10 +378,9 @@ def last_count(data: bytes) -> int | None:
 def progress(serial_log: Path) -> int:
     """The writer's last reported count of completed writes (0 before)."""
     try:
-        data = serial_log.read_bytes()
+        return last_count(serial_log.read_bytes()) or 0
     except OSError:
         return 0
-    return last_count(data[:data.rfind(b"\n") + 1]) or 0
 
 
 def _tail(serial_log: Path) -> str:

@@ -15,6 +15,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -74,3 +76,51 @@ def run(cmd: Sequence[str | Path], *, cwd: Path | None = None,
                            else res.stdout,
                            what)
     return res
+
+
+class Background:
+    """A command that runs beside the caller at a lower CPU priority, its
+    output going to a log file.
+
+    A thread waits for it, so that its end is noted when it happens (its
+    duration in ``seconds``, and *on_exit* called with its exit status)
+    rather than when someone next looks.  The builds use it for work that
+    may overlap a compile without slowing it much."""
+
+    def __init__(self, argv: Sequence[str | Path], log: Path, *, nice: int,
+                 cwd: Path | None = None,
+                 env: Mapping[str, str] | None = None,
+                 on_exit: Callable[[int], None] | None = None) -> None:
+        self.log = log
+        self.seconds: float | None = None
+        start = time.monotonic()
+        with log.open("w") as out:
+            self.proc = subprocess.Popen(
+                ["nice", "-n", str(nice), *[str(a) for a in argv]],
+                stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                preexec_fn=die_with_parent())
+
+        def wait() -> None:
+            code = self.proc.wait()
+            self.seconds = time.monotonic() - start
+            if on_exit is not None:
+                on_exit(code)
+
+        self._waiter = threading.Thread(target=wait, daemon=True)
+        self._waiter.start()
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self) -> int:
+        """Block until the command has ended (and *on_exit* has run);
+        return its exit status."""
+        self._waiter.join()
+        return self.proc.returncode
+
+    def stop(self) -> int:
+        """Terminate the command if it still runs; its exit status."""
+        if self.running():
+            self.proc.terminate()
+        return self.wait()
