@@ -64,9 +64,12 @@ class ModelHBitmap:
         if start >= self.size or count == 0:
             return -1
         end = min(self.size, start + count)
-        for off in self.iter_dirty(start):
-            return max(start, off) if off < end else -1
-        return -1
+        rest = self.bits >> (start >> self.g)   # bit 0: start's granule
+        if not rest:
+            return -1
+        lowest_set = (rest & -rest).bit_length() - 1
+        off = ((start >> self.g) + lowest_set) << self.g
+        return max(start, off) if off < end else -1
 
     def next_zero(self, start: int, count: int) -> int:
         if start >= self.size or count == 0:
@@ -75,10 +78,10 @@ class ModelHBitmap:
             end_bit = self.nbits
         else:
             end_bit = ((start + count - 1) >> self.g) + 1
-        for b in range(start >> self.g, end_bit):
-            if not self.bits >> b & 1:
-                return max(b << self.g, start)
-        return -1
+        rest = self.bits >> (start >> self.g)   # bit 0: start's granule
+        # adding 1 carries through the trailing ones into the lowest zero
+        b = (start >> self.g) + ((rest + 1) & ~rest).bit_length() - 1
+        return max(b << self.g, start) if b < end_bit else -1
 
     def next_dirty_area(self, start: int, end: int, max_count: int):
         end = min(end, self.size)
