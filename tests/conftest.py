@@ -32,7 +32,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "the pinned Debian source")
 
 
-#: The longest modules (about 2, 1.4 and 1.3 min of a warm run)
+#: The longest modules (about 2, 1.3 and 1.2 min of a warm run)
 LONGEST_FIRST = ("test_libvirt", "test_upstream", "test_backup")
 #: seconds a test waits for the background build of the sanitized tree:
 #: about 5 minutes from a cold ccache, longer while the tests run
@@ -44,12 +44,16 @@ SANITIZED_LAST = ("test_quit_live", "test_fuzz")
 
 def pytest_collection_modifyitems(config: pytest.Config,
                                    items: list[pytest.Item]) -> None:
-    """The longest modules first.  ``./run test`` runs two pytest-xdist
-    workers with ``--dist loadfile``: a module stays on one worker, since
-    its tests may share a fixture that does a whole module's work once
-    (all iotests in one ``check``).  Modules are handed out in collection
-    order, so the longest ones go first and do not start last; the ones
-    that need the sanitized tree go last, to give its build time."""
+    """The longest modules first, the ones that need the sanitized tree
+    last.  This is the order of a serial run (``-n 0``).  ``./run test``
+    runs two pytest-xdist workers with ``--dist loadfile``: a module
+    stays on one worker, since its tests may share a fixture that does a
+    whole module's work once (all iotests in one ``check``).  xdist 3
+    hands the modules out by their number of tests, most first, and this
+    order only breaks ties; kept by ``--no-loadscope-reorder``, it ran the
+    two longest modules together, which slowed both (247 s against 240 s
+    for the suite).  The fuzzer's tests wait for the sanitized tree
+    wherever they land (the ``sanitized`` fixture)."""
     def rank(item: pytest.Item) -> int:
         stem = item.path.stem
         if stem in LONGEST_FIRST:
