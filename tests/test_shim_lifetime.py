@@ -100,6 +100,9 @@ def test_meta_bitmap_does_not_keep_its_owner_alive(patched_lib):
 
 def test_every_prototype_is_bound_at_load(lib):
     lib.has("hbitmap_alloc")
+    # bound as instance attributes: none may shadow the Library's own
+    own = set(vars(ffi.Library)) | {"path", "flavour"}
+    assert not set(ffi.PROTOTYPES) & own
     for name, (restype, argtypes) in ffi.PROTOTYPES.items():
         if name in ffi.OPTIONAL and not lib.has(name):
             continue
