@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from ..log import info
 from ..machine.vm import Bitmap, Disk
 from ..paths import Layout
-from ..report.table import markdown_table
+from ..util.table import markdown_table
 from ..util.units import KiB, MiB, TiB, fmt_bytes, fmt_size
 from . import chunks, fill, modes
 from .modes import MODES, Sample

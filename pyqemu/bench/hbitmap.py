@@ -19,8 +19,8 @@ from pathlib import Path
 from ..build import deps
 from ..errors import CommandError
 from ..paths import Layout
-from ..report.table import markdown_table
 from ..util.proc import run
+from ..util.table import markdown_table
 from .results import save
 
 SET_CALLS = 1_000_000

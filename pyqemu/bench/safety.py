@@ -40,8 +40,8 @@ from ..machine import migration
 from ..machine.netns import Link
 from ..machine.vm import VM, Bitmap, Disk, MachineError
 from ..paths import Layout
-from ..report.table import markdown_table
 from ..util.poll import PollTimeout, until
+from ..util.table import markdown_table
 from ..util.units import KiB, MiB, TiB, fmt_bytes, fmt_size
 from . import chunks
 from .fill import fill as fill_bitmaps

@@ -91,7 +91,7 @@ from ..machine.hops import Hops
 from ..machine.linuxguest import WriterConfig
 from ..machine.vm import VM, Bitmap, MachineError
 from ..paths import Layout
-from ..report.table import markdown_table
+from ..util.table import markdown_table
 from ..util.units import KiB, MiB, TiB, fmt_bytes
 from . import chunks
 from .compare import Dist, dist

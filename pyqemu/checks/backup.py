@@ -49,8 +49,8 @@ from ..machine import linuxguest, migration
 from ..machine.linuxguest import WriterConfig
 from ..machine.vm import VM, Pair
 from ..paths import Layout
-from ..report.table import markdown_table
 from ..util.proc import run as run_command
+from ..util.table import markdown_table
 from ..util.units import GiB, KiB, MiB, TiB
 
 BITMAP = "backup"

@@ -36,8 +36,8 @@ from ..machine import guest, migration
 from ..machine.netns import Link
 from ..machine.vm import VM, Disk
 from ..paths import Layout
-from ..report.table import markdown_table
 from ..util.poll import PollTimeout, until
+from ..util.table import markdown_table
 from ..util.units import GiB, KiB, MiB, TiB
 
 GRANULARITIES = {"4k": 4 * KiB, "64k": 64 * KiB, "1m": MiB}

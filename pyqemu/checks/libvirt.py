@@ -65,8 +65,8 @@ from ..errors import PyqemuError
 from ..machine import guest
 from ..machine.libvirt import Host, Hosts, LibvirtError, tail
 from ..paths import Layout
-from ..report.table import markdown_table
 from ..util.proc import run
+from ..util.table import markdown_table
 from ..util.units import KiB, TiB, fmt_bytes
 from .backup import compare
 

@@ -20,10 +20,10 @@ from ..bench import hbitmap as bench_hbitmap
 from ..bench import migrate as bench_migrate
 from ..bench.results import out_dir
 from ..paths import Layout
-from ..report.table import markdown_table
 from ..tree import series
 from ..tree.git import git
 from ..tree.stock import BASE_TAG
+from ..util.table import markdown_table
 from ..util.units import MiB, fmt_bytes
 
 TITLE = "Live migration of dirty bitmaps"

@@ -21,8 +21,8 @@ from ..machine import migration
 from ..machine.vm import Bitmap, Disk, Pair
 from ..paths import Layout
 from ..tree import series, stock
+from ..util.table import table
 from ..util.units import KiB, MiB, TiB, fmt_bytes
-from .table import table
 
 DISK_SIZE = 4 * TiB
 BITMAPS = (Bitmap("bm-64k", 64 * KiB), Bitmap("bm-1m", MiB),
