@@ -114,6 +114,12 @@ class Layout:
         """Directory of BIOS/option ROM links for ``-machine pc``."""
         return self.root / "firmware"
 
+    def results(self, name: str) -> Path:
+        """Where a benchmark or check writes its results (markdown, JSON,
+        plots): ``<cache>/bench/<name>``, shared by every source choice
+        (a result names what it measured)."""
+        return self.root / "bench" / name
+
     def work(self) -> Path:
         """Scratch space for tests and benchmarks (images, sockets, logs)."""
         return self.root / "work"

@@ -20,8 +20,8 @@ from ..build import deps
 from ..errors import CommandError
 from ..paths import Layout
 from ..util.proc import run
+from ..util.results import save
 from ..util.table import markdown_table
-from .results import save
 
 SET_CALLS = 1_000_000
 

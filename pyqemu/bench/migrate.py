@@ -24,8 +24,8 @@ from dataclasses import asdict
 from typing import Any
 
 from ..paths import Layout
+from ..util.results import save
 from . import compare, fill, safety, writeload
-from .results import save
 
 
 def main(layout: Layout, quick: bool = False) -> int:

@@ -41,7 +41,6 @@ from typing import Any
 
 from qemu.qmp import ExecuteError
 
-from ..bench.results import save
 from ..build.driver import binary, build
 from ..errors import CommandError, PyqemuError
 from ..log import info
@@ -50,6 +49,7 @@ from ..machine.linuxguest import WriterConfig
 from ..machine.vm import VM, Pair
 from ..paths import Layout
 from ..util.proc import run as run_command
+from ..util.results import save
 from ..util.table import markdown_table
 from ..util.units import GiB, KiB, MiB, TiB
 

@@ -59,13 +59,13 @@ from typing import Any, Iterator
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-from ..bench import results as bench_results
 from ..build.driver import binary, build
 from ..errors import PyqemuError
 from ..machine import guest
 from ..machine.libvirt import Host, Hosts, LibvirtError, tail
 from ..paths import Layout
 from ..util.proc import run
+from ..util.results import save
 from ..util.table import markdown_table
 from ..util.units import KiB, TiB, fmt_bytes
 from .backup import compare
@@ -678,7 +678,7 @@ def main(layout: Layout,
     build(layout)
     check = run_all(layout, flavours)
     text = report(check)
-    bench_results.save(layout, "libvirt", text, {
+    save(layout, "libvirt", text, {
         "probes": [dict(asdict(p), binary=str(p.binary))
                    for p in check.probes],
         "domcapabilities": check.domcaps,

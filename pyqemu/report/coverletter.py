@@ -18,7 +18,6 @@ from pathlib import Path
 from ..bench import compare, safety, writeload
 from ..bench import hbitmap as bench_hbitmap
 from ..bench import migrate as bench_migrate
-from ..bench.results import out_dir
 from ..paths import Layout
 from ..tree import series
 from ..tree.git import git
@@ -32,7 +31,7 @@ SUBJECT_PREFIX = "PATCH v2"
 
 
 def _results(layout: Layout, reuse: bool) -> dict:
-    d = out_dir(layout, "migrate")
+    d = layout.results("migrate")
     if not (reuse and (d / "results.json").exists()):
         bench_migrate.main(layout, quick=False)
     return dict(json.loads((d / "results.json").read_text()))
@@ -40,7 +39,7 @@ def _results(layout: Layout, reuse: bool) -> dict:
 
 def _meta_overhead(layout: Layout, reuse: bool) -> float:
     """Largest meta-bitmap overhead on hbitmap_set (bench hbitmap)."""
-    d = out_dir(layout, "hbitmap")
+    d = layout.results("hbitmap")
     if not (reuse and (d / "results.json").exists()):
         bench_hbitmap.main(layout, quick=True)
     data = json.loads((d / "results.json").read_text())
