@@ -30,14 +30,17 @@ ROUNDS = 6
 BITMAPS = tuple(Bitmap(f"bm{i}", 64 * KiB) for i in range(8))
 
 
-def start_live_migration(layout: Layout, workdir: Path,
-                         n: int) -> tuple[VM, VM]:
+def live_migration(layout: Layout, workdir: Path, n: int) -> tuple[VM, VM]:
+    """The sanitized source and a patched destination (not launched)."""
     disks = [Disk("disk0", 16 * TiB, bitmaps=BITMAPS)]
     src = VM(layout, f"src{n}", disks, SANITIZED, workdir,
              binary=binary(layout, "qemu-system-x86_64", SANITIZED))
     dst = VM(layout, f"dst{n}", disks, "patched", workdir, incoming=True)
-    src.launch()
-    dst.launch()
+    return src, dst
+
+
+def start(src: VM, dst: VM, workdir: Path, n: int) -> None:
+    """A live migration, once the source is inside the bitmap code."""
     src.add_bitmaps()
     for i in range(64):          # dirty chunks all over the disk
         src.write("disk0", i * (TiB // 4), 64 * KiB)
@@ -48,16 +51,22 @@ def start_live_migration(layout: Layout, workdir: Path,
     until(lambda: migration.query(src).get("dirty-bitmaps", {}).get(
         "transferred", 0), lambda sent: sent >= 64 * KiB, 60,
         "bitmap bytes sent")
-    return src, dst
 
 
 @pytest.mark.parametrize("how", ["quit", "sigterm"])
 def test_quit_during_live_bitmap_migration(layout, workdir, how):
     for n in range(ROUNDS):
-        src, dst = start_live_migration(layout, workdir, n)
-        try:
+        src, dst = live_migration(layout, workdir, n)
+        # leaving the block checks both ends: a crash report, a signal or
+        # an unexpected exit status on either fails the test
+        with dst, src:
+            start(src, dst, workdir, n)
             # exit status 0, and no assertion or sanitizer report
             src.quit(sig=None if how == "quit" else signal.SIGTERM)
-        finally:
-            dst.shutdown()
-            src.shutdown()
+            # the stream cut off half-way, the destination fails its
+            # load and exits by itself with status 1: not a crash, not
+            # a hang, not a completed migration
+            until(dst.is_running, lambda running: not running, 30,
+                  f"{dst.name} to give up the cut-off stream")
+            dst.allow_exit(1)
+        assert dst.exit is not None and dst.exit.code == 1, dst.exit

@@ -11,8 +11,8 @@ A hop that does not complete (timed out and cancelled, or failed) leaves
 the guest where it was, running, and the next hop starts from there with
 another new destination.  Like :class:`~pyqemu.machine.vm.Pair`, the
 ``with`` block stops every QEMU it started, and a QEMU that ended badly
-(a signal nobody sent, a crash report) fails it: each one is checked as
-soon as it is left behind.
+(a signal nobody sent, a crash report, an exit status nobody expected)
+fails it: each one is checked as soon as it is left behind.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from . import migration
 from .migration import MigrationResult
-from .vm import VM, MachineError, shutdown_all
+from .vm import VM, raise_or_note, shutdown_all
 
 
 class Hops:
@@ -70,7 +70,6 @@ class Hops:
         old.check_exit()
         return res
 
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        problems = shutdown_all((self._dst, self.vm))
-        if problems and exc_type is None:   # else the error in flight wins
-            raise MachineError("; ".join(problems))
+    def __exit__(self, exc_type: object, exc: BaseException | None,
+                 tb: object) -> None:
+        raise_or_note(shutdown_all((self._dst, self.vm)), exc)

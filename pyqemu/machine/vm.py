@@ -96,7 +96,10 @@ class Exit:
     log: str                # its stdout and stderr
 
     def problem(self) -> str | None:
-        """Why this end is a failure, or None if it is not."""
+        """Whether QEMU crashed: a crash report in its output, or a signal
+        that was not our kill.  Whether its exit status is a failure is
+        the owner's to judge (:meth:`status_problem`): a QEMU fed a broken
+        stream on purpose exits with status 1 as it should."""
         m = CRASH.search(self.log)
         if m:
             line = next(ln for ln in self.log.splitlines() if m.group(0) in ln)
@@ -106,14 +109,29 @@ class Exit:
             return f"QEMU killed by signal {-self.code}"
         return None
 
+    def status_problem(self, allowed: int | None = None) -> str | None:
+        """Why this exit status is a failure when *allowed* is the only
+        non-zero status expected (None: none is): a QEMU that exits by
+        itself with an error (a failed migration, a refused command line,
+        an ``exit(1)`` on a path nobody meant to take) while the test
+        still thought it running."""
+        if self.code is None or self.code <= 0 or self.code == allowed:
+            return None
+        said = self.log.strip().splitlines()
+        return (f"QEMU exited by itself with status {self.code}"
+                + (f": {said[-1].strip()}" if said else ""))
+
 
 class VM:
     """One QEMU process: a thin owner around QEMUMachine.
 
     ``with VM(...) as vm`` guarantees the process is gone afterwards, even
     when a test fails half-way: no leaked QEMU, no leaked sockets.  Before
-    killing it, the exit checks how it ended: a QEMU that died of a signal
-    or printed an assertion failure fails the ``with`` block.
+    killing it, the exit checks how it ended: a QEMU that died of a signal,
+    printed an assertion failure or exited by itself with an error status
+    (unless :meth:`allow_exit` said it may) fails the ``with`` block; when
+    the block already fails, what is wrong with QEMU is added to that
+    error as a note instead of being lost.
     """
 
     def __init__(self, layout: Layout, name: str, disks: list[Disk],
@@ -159,6 +177,8 @@ class VM:
                                    base_temp_dir=str(self.workdir),
                                    log_dir=str(self.workdir))
         self.exit: Exit | None = None
+        #: a non-zero status this QEMU may exit with by itself (allow_exit)
+        self.allowed_status: int | None = None
 
     def successor(self, name: str) -> "VM":
         """A ``-incoming defer`` VM with this one's arguments (not launched):
@@ -174,8 +194,16 @@ class VM:
 
     def launch(self) -> "VM":
         self.exit = None
+        self.allowed_status = None
         self.machine.launch()
         return self
+
+    def allow_exit(self, status: int = 1) -> None:
+        """Expect this QEMU to end by itself with *status* from now on:
+        the destination of a migration that failed or was cancelled does
+        (QEMU's ``exit-on-error``).  A crash or a signal stays a failure,
+        and so does any other status."""
+        self.allowed_status = status
 
     def is_running(self) -> bool:
         return bool(self.machine.is_running())
@@ -221,20 +249,32 @@ class VM:
                                f"{problem or self.exit.log[-2000:]}")
         return self.exit
 
+    def ended_badly(self) -> str | None:
+        """Shut down, and say why the way QEMU ended is a failure (None if
+        it is not): a crash report, a signal we did not send, or an exit
+        with an error status that :meth:`allow_exit` did not expect."""
+        end = self.shutdown()
+        return end.problem() or end.status_problem(self.allowed_status)
+
     def check_exit(self) -> None:
         """Shut down, and raise MachineError if QEMU ended badly."""
-        problem = self.shutdown().problem()
+        problem = self.ended_badly()
         if problem:
             raise MachineError(f"{self.name} ({self.flavour}): {problem}")
 
     def __enter__(self) -> "VM":
         return self.launch()
 
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
+    def __exit__(self, exc_type: object, exc: BaseException | None,
+                 tb: object) -> None:
+        if exc is None:
             self.check_exit()
-        else:
-            self.shutdown()     # the exception in flight says more
+            return
+        # the exception in flight says what the test saw; what QEMU did
+        # goes with it
+        problem = self.ended_badly()
+        if problem:
+            exc.add_note(f"{self.name} ({self.flavour}): {problem}")
 
     # -- QMP ---------------------------------------------------------------
 
@@ -395,24 +435,38 @@ class Pair:
             raise
         return self
 
-    def __exit__(self, exc_type: object, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None,
+                 tb: object) -> None:
         problems = shutdown_all((self.dst, self.src))
         self.sock.unlink(missing_ok=True)
-        if problems and exc_type is None:   # else the test's error wins
-            raise MachineError("; ".join(problems))
+        raise_or_note(problems, exc)
 
 
 def shutdown_all(vms: "tuple[VM | None, ...]") -> list[str]:
     """Shut every VM down, whatever happens to one, and say which ended
-    badly ("name (flavour): why"); None entries are skipped."""
+    badly ("name (flavour): why", see :meth:`VM.ended_badly`); None
+    entries are skipped."""
     problems = []
     for vm in vms:
         if vm is None:
             continue
         try:
-            problem = vm.shutdown().problem()
+            problem = vm.ended_badly()
         except Exception as e:
             problem = f"shutdown failed: {type(e).__name__}: {e}"
         if problem:
             problems.append(f"{vm.name} ({vm.flavour}): {problem}")
     return problems
+
+
+def raise_or_note(problems: list[str], exc: BaseException | None) -> None:
+    """At the end of a ``with`` block that owns QEMUs: raise MachineError
+    for *problems*, or, when the block already raises *exc*, add them to
+    it as notes (the test's own error stays the one reported, and a
+    crash behind it is not lost)."""
+    if not problems:
+        return
+    if exc is None:
+        raise MachineError("; ".join(problems))
+    for problem in problems:
+        exc.add_note(problem)
