@@ -59,7 +59,6 @@ from qemu.qmp import ExecuteError
 from ..machine import migration
 from ..machine.vm import VM, Bitmap, Disk
 from ..paths import Layout
-from ..util.poll import PollTimeout, until
 from ..util.units import KiB, MiB
 from . import chunks, fill
 
@@ -254,7 +253,7 @@ def run(layout: Layout, mode: Mode, size: int, count: int, density: str,
         migration.start(src, dst, f"unix:{d}/m.sock", caps, params,
                         dst_caps={k: v for k, v in caps.items()
                                   if k != "dirty-bitmaps-live"})
-        _drive(src, mode, sample)
+        _drive(src, dst, mode, sample)
         if sample.converged:
             _finish(src, dst, before, sample)
     if mode.traced and trace_log.exists():
@@ -275,7 +274,7 @@ def run(layout: Layout, mode: Mode, size: int, count: int, density: str,
     return sample
 
 
-def _drive(src: VM, mode: Mode, sample: Sample) -> None:
+def _drive(src: VM, dst: VM, mode: Mode, sample: Sample) -> None:
     """Poll the source until the migration ends; request postcopy on
     time.  A migration that does not converge in time is cancelled."""
     t0 = time.monotonic()
@@ -300,19 +299,13 @@ def _drive(src: VM, mode: Mode, sample: Sample) -> None:
         if status in migration.TERMINAL:
             break
         if time.monotonic() - t0 > timeout:
-            src.cmd("migrate_cancel")
-            try:
-                info = until(lambda: migration.query(src),
-                             lambda i: i.get("status") in migration.TERMINAL,
-                             30, "the cancelled migration to end")
-            except PollTimeout:
-                info = {}
-            if info.get("status") != "completed":
-                # a migration that completed in the race with the cancel
-                # is measured like any other
+            # a migration that completes in the race with the cancel is
+            # measured like any other
+            info = migration.cancel(src, dst)
+            status = str(info.get("status"))
+            if status != "completed":
                 sample.status = f"not converged in {timeout:g} s"
                 return
-            status = "completed"
             break
         time.sleep(0.01 if not asked else 0.05)
     sample.status = status

@@ -563,12 +563,14 @@ def _held_rate(h: Hops, count: _Count, caps: dict[str, bool],
         if status != "active":
             raise MachineError(f"cost{n}: the migration was {status} before "
                                f"the end of its window: not held")
-        src.cmd("migrate_cancel")
-        migration.wait(src, ("cancelled",), 30)
+        end = migration.cancel(src, dst)["status"]
+        if end != "cancelled":
+            raise MachineError(f"cost{n}: the migration ended {end} when "
+                               "it was cancelled: not held")
     finally:
-        # a cancelled destination fails its load and exits; that is the
-        # expected end, a crash is not
-        problem = dst.shutdown().problem()
+        # a cancelled destination fails its load and exits with status 1
+        # (allowed by the cancel); a crash or another status is not
+        problem = dst.ended_badly()
         sock.unlink(missing_ok=True)
     if problem:
         raise MachineError(f"cost{n} destination: {problem}")

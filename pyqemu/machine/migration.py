@@ -168,6 +168,28 @@ def progress_printer(label: str) -> Callable[[dict], None]:
     return show
 
 
+def cancel(src: VM, dst: VM | None = None, timeout: float = 30) -> dict:
+    """``migrate_cancel`` on *src*, and its last query-migrate once the
+    migration has ended: "cancelled" (or "failed") as asked, or
+    "completed" when the migration completed before the cancel reached
+    it.  That race is real: QEMU ignores ``migrate_cancel`` on a
+    migration that is no longer running, without an error, so only the
+    status that follows tells a completed migration from a cancelled one,
+    and a caller that assumed the cancel took would throw a finished
+    migration away (and kill the destination that now runs the guest).
+
+    The destination *dst* of a migration that did not complete fails its
+    incoming migration and exits with status 1 by design: that end is
+    declared expected on it (:meth:`VM.allow_exit`).  MigrationTimeout if
+    the migration has not ended *timeout* seconds after the cancel.
+    """
+    src.cmd("migrate_cancel")
+    info = wait(src, TERMINAL, timeout)
+    if dst is not None and info.get("status") != "completed":
+        dst.allow_exit()
+    return info
+
+
 def run(src: VM, dst: VM, uri: str, caps: dict[str, bool],
         params: dict[str, Any] | None = None, timeout: float = 60,
         dst_caps: dict[str, bool] | None = None,
@@ -176,26 +198,22 @@ def run(src: VM, dst: VM, uri: str, caps: dict[str, bool],
 
     A migration that does not converge by *timeout* is cancelled and
     reported with status "timeout": for a benchmark that is a result, not
-    an error.  The destination of a migration that did not complete
-    fails its incoming migration and exits by itself with status 1, as
-    QEMU does by design: that end is declared expected on it.
+    an error.  One that completes while it is being cancelled is reported
+    as completed, like any other (see :func:`cancel`).  A destination
+    whose migration did not complete may exit by itself (status 1).
     """
     start(src, dst, uri, caps, params, dst_caps)
     try:
         info = wait(src, TERMINAL, timeout, on_poll)
     except MigrationTimeout:
-        info = query(src)
-        dst.allow_exit()
-        src.cmd("migrate_cancel")
-        try:
-            wait(src, ("cancelled", "failed"), 30)
-        except MigrationTimeout:
-            pass
-        return MigrationResult("timeout", None, None, info,
-                               info.get("dirty-bitmaps"),
-                               f"not converged after {timeout:.0f}s "
-                               f"(status {info.get('status')})")
-    if info["status"] != "completed":
+        last = query(src)
+        info = cancel(src, dst)
+        if info.get("status") != "completed":
+            return MigrationResult("timeout", None, None, last,
+                                   last.get("dirty-bitmaps"),
+                                   f"not converged after {timeout:.0f}s "
+                                   f"(status {last.get('status')})")
+    if info.get("status") != "completed":
         dst.allow_exit()
     return MigrationResult(info["status"], info.get("total-time"),
                            info.get("downtime"), info,
