@@ -14,10 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .build.driver import BINARIES
 from .errors import PyqemuError
 from .log import info
-from .paths import SANITIZED, Layout, layout_for
+from .paths import BINARIES, SANITIZED, Layout, layout_for
 
 #: ``check backup --size``: spelled out here, not imported, so that
 #: ``--help`` needs no QEMU tree (checks.backup imports qemu.qmp).
@@ -35,8 +34,7 @@ def cmd_build(args: argparse.Namespace, layout: Layout) -> int:
 
 
 def cmd_which(args: argparse.Namespace, layout: Layout) -> int:
-    from .build.driver import binary
-    print(binary(layout, args.binary, "stock" if args.stock else "patched"))
+    print(layout.binary(args.binary, "stock" if args.stock else "patched"))
     return 0
 
 

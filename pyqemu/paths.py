@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import PyqemuError
+
 #: The two build flavours.  They share every configure flag; only the
 #: source differs (stock = pristine tree, patched = tree + patches/).
 FLAVOURS = ("stock", "patched")
@@ -31,6 +33,21 @@ VERSIONS_FILE = PACKAGE / "build" / "qemu-versions.toml"
 DEVICES_FILE = PACKAGE / "build" / "qemu-devices.mak"
 #: The tag of the pinned Debian source's trees.
 PINNED = "debian"
+
+#: Binaries `pyqemu which` knows, relative to QEMU's build directory.
+BINARIES = {
+    "qemu-system-x86_64": "qemu-system-x86_64",
+    "qemu-img": "qemu-img",
+    "qemu-io": "qemu-io",
+    "qemu-nbd": "qemu-nbd",
+    "qemu-storage-daemon": "storage-daemon/qemu-storage-daemon",
+    "test-hbitmap": "tests/unit/test-hbitmap",
+}
+
+
+class NotBuiltError(PyqemuError):
+    """A file the build makes is not there; the message names the
+    command that makes it."""
 
 
 def cache_root() -> Path:
@@ -109,6 +126,33 @@ class Layout:
     def shim_library(self, flavour: str) -> Path:
         """The shared library the ctypes hbitmap shim loads."""
         return self.project_build(flavour) / "plugin" / "libpyqemu-hbitmap.so"
+
+    def build_command(self, flavour: str) -> str:
+        """The command that builds *flavour* of this configuration: what an
+        error about a missing build tells the user to run."""
+        src = f" --qemu-src {self.qemu_src}" if self.qemu_src else ""
+        return f"./run build --{flavour}{src}"
+
+    def binary(self, name: str, flavour: str = "patched") -> Path:
+        """Absolute path of a built binary (:data:`BINARIES`);
+        NotBuiltError naming the build command if it is not there."""
+        if name not in BINARIES:
+            raise ValueError(f"unknown binary {name!r}; known: "
+                             + ", ".join(sorted(BINARIES)))
+        path = self.qemu_build(flavour) / BINARIES[name]
+        if not path.exists():
+            raise NotBuiltError(f"{name} ({flavour}) is not built yet: run "
+                                f"'{self.build_command(flavour)}'")
+        return path
+
+    def qemu_python(self) -> Path:
+        """QEMU's own Python packages (``qemu.machine``) in the stock
+        tree: the launcher the VMs use."""
+        path = self.source("stock") / "python"
+        if not (path / "qemu" / "machine").is_dir():
+            raise NotBuiltError(f"{path} has no qemu.machine: run "
+                                f"'{self.build_command('stock')}' first")
+        return path
 
     def firmware(self) -> Path:
         """Directory of BIOS/option ROM links for ``-machine pc``."""

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from pyqemu.build import deps
-from pyqemu.build.driver import binary as built_binary
 from pyqemu.machine import guest, migration
 from pyqemu.machine.vm import VM, Bitmap, Disk
 from pyqemu.paths import Layout
@@ -41,7 +40,7 @@ def qemu72() -> Path:
 
 def peer_binary(layout: Layout, peer: str, qemu72: Path) -> Path:
     return qemu72 if peer == "debian-7.2" else \
-        built_binary(layout, "qemu-system-x86_64", "stock")
+        layout.binary("qemu-system-x86_64", "stock")
 
 
 def vms(layout: Layout, workdir: Path, src_bin: Path, dst_bin: Path,
@@ -77,7 +76,7 @@ def migrate_while_writing(src: VM, dst: VM, uri: str, live: bool,
 @pytest.mark.parametrize("peer", ["debian-7.2", "stock-10.2"])
 def test_live_source_to_older_destination(layout, workdir, qemu72, peer):
     src, dst = vms(layout, workdir,
-                   built_binary(layout, "qemu-system-x86_64", "patched"),
+                   layout.binary("qemu-system-x86_64", "patched"),
                    peer_binary(layout, peer, qemu72))
     with src, dst:
         migrate_while_writing(src, dst, f"unix:{workdir}/mig.sock", live=True)
@@ -91,7 +90,7 @@ def test_older_source_to_patched_destination(layout, workdir, qemu72):
     # What a 7.2 source can migrate at all: it sends its bitmaps in the
     # downtime, and counts their bits as bytes against the threshold
     src, dst = vms(layout, workdir, qemu72,
-                   built_binary(layout, "qemu-system-x86_64", "patched"),
+                   layout.binary("qemu-system-x86_64", "patched"),
                    size=4 * GiB)
     with src, dst:
         migrate_while_writing(src, dst, f"unix:{workdir}/mig.sock",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-from pyqemu.build.driver import binary
 from pyqemu.checks.fuzz import campaign
 from pyqemu.paths import SANITIZED
 
@@ -30,7 +29,7 @@ def test_fuzz_small_budget(layout):
 
 @pytest.mark.parametrize("stream", REGRESSIONS, ids=lambda p: p.stem)
 def test_regression_input_is_handled(layout, stream):
-    qemu = binary(layout, "qemu-system-x86_64", SANITIZED)
+    qemu = layout.binary("qemu-system-x86_64", SANITIZED)
     outcome = campaign.replay(layout, qemu, stream)
     expected = stream.with_suffix(".expect").read_text().split()
     assert outcome.verdict in expected, outcome

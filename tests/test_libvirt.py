@@ -17,7 +17,6 @@ from typing import Iterator
 
 import pytest
 
-from pyqemu.build.driver import binary
 from pyqemu.checks import libvirt as check
 from pyqemu.checks.backup import compare
 from pyqemu.errors import CommandError
@@ -140,7 +139,7 @@ def test_an_unreadable_image_is_no_difference(layout: Layout,
     """The control (the full backup alone must differ from the disk)
     cannot pass by qemu-img failing to read an image: that raises."""
     disk = workdir / "disk.qcow2"
-    run([binary(layout, "qemu-img", "patched"), "create", "-q", "-f",
+    run([layout.binary("qemu-img", "patched"), "create", "-q", "-f",
          "qcow2", disk, "1G"])
     assert compare(layout, "patched", disk, disk) == "identical"
     with pytest.raises(CommandError, match="qemu-img compare"):
@@ -178,7 +177,7 @@ def test_backup_chain_survives_virsh_migrate(
     h, a, b = hosts
     logs = _tool_logs()
     p = check.probe(layout, flavour)
-    h.use_tools({t: binary(layout, t, flavour)
+    h.use_tools({t: layout.binary(t, flavour)
                  for t in ("qemu-img", "qemu-nbd")})
     r = check.scenario(layout, h, a, b, flavour, storage, p)
     assert not r.error, r.error

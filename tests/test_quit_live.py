@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from pyqemu.build.driver import binary
 from pyqemu.machine import migration
 from pyqemu.machine.vm import VM, Bitmap, Disk
 from pyqemu.paths import SANITIZED, Layout
@@ -34,7 +33,7 @@ def live_migration(layout: Layout, workdir: Path, n: int) -> tuple[VM, VM]:
     """The sanitized source and a patched destination (not launched)."""
     disks = [Disk("disk0", 16 * TiB, bitmaps=BITMAPS)]
     src = VM(layout, f"src{n}", disks, SANITIZED, workdir,
-             binary=binary(layout, "qemu-system-x86_64", SANITIZED))
+             binary=layout.binary("qemu-system-x86_64", SANITIZED))
     dst = VM(layout, f"dst{n}", disks, "patched", workdir, incoming=True)
     return src, dst
 

@@ -30,17 +30,6 @@ class BuildError(PyqemuError):
     """The build failed; the message says which step and where to look."""
 
 
-#: Binaries `pyqemu which` knows, relative to QEMU's build directory.
-BINARIES = {
-    "qemu-system-x86_64": "qemu-system-x86_64",
-    "qemu-img": "qemu-img",
-    "qemu-io": "qemu-io",
-    "qemu-nbd": "qemu-nbd",
-    "qemu-storage-daemon": "storage-daemon/qemu-storage-daemon",
-    "test-hbitmap": "tests/unit/test-hbitmap",
-}
-
-
 @dataclass(frozen=True)
 class BuildResult:
     flavour: str
@@ -160,16 +149,3 @@ def build(layout: Layout,
             ahead.stop()
     return results
 
-
-def binary(layout: Layout, name: str, flavour: str = "patched") -> Path:
-    """Absolute path of a built binary; BuildError if it is not built."""
-    if name not in BINARIES:
-        raise BuildError(f"unknown binary {name!r}; known: "
-                         + ", ".join(sorted(BINARIES)))
-    path = layout.qemu_build(flavour) / BINARIES[name]
-    if not path.exists():
-        raise BuildError(f"{name} ({flavour}) is not built yet: run "
-                         f"'./run build --{flavour}"
-                         + (f" --qemu-src {layout.qemu_src}'" if layout.qemu_src
-                            else "'"))
-    return path

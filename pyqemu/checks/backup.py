@@ -41,7 +41,7 @@ from typing import Any
 
 from qemu.qmp import ExecuteError
 
-from ..build.driver import binary, build
+from ..build.driver import build
 from ..errors import CommandError, PyqemuError
 from ..log import info
 from ..machine import linuxguest, migration
@@ -149,13 +149,13 @@ def _create(layout: Layout, flavour: str, path: Path, size: int,
                               f"cluster_size={CLUSTER}"]
     if backing is not None:
         args += ["-b", backing, "-F", "qcow2"]
-    run_command([binary(layout, "qemu-img", flavour), *args, path, str(size)],
+    run_command([layout.binary("qemu-img", flavour), *args, path, str(size)],
                 what=f"qemu-img create {path.name}")
 
 
 def allocated_clusters(layout: Layout, flavour: str, image: Path) -> set[int]:
     """Clusters holding data in *image*'s own layer (not its backing)."""
-    res = run_command([binary(layout, "qemu-img", flavour), "map",
+    res = run_command([layout.binary("qemu-img", flavour), "map",
                        "--output=json", image],
                       what=f"qemu-img map {image.name}")
     out: set[int] = set()
@@ -171,7 +171,7 @@ def compare(layout: Layout, flavour: str, a: Path, b: Path) -> str:
     """'identical', or what qemu-img compare said (a difference is the
     check's result, not an error); an image qemu-img cannot read raises
     CommandError, so that it never passes for a difference."""
-    res = run_command([binary(layout, "qemu-img", flavour), "compare", "-f",
+    res = run_command([layout.binary("qemu-img", flavour), "compare", "-f",
                        "qcow2", "-F", "qcow2", a, b], check=False)
     if res.returncode == 0:
         return "identical"

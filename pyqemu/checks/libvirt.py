@@ -59,7 +59,7 @@ from typing import Any, Iterator
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-from ..build.driver import binary, build
+from ..build.driver import build
 from ..errors import PyqemuError
 from ..machine import guest
 from ..machine.libvirt import Host, Hosts, LibvirtError, tail
@@ -115,7 +115,7 @@ class Probe:
 def probe(layout: Layout, flavour: str) -> Probe:
     """Ask the binary itself (``-M none -qmp stdio``): which migration
     capabilities and which ``-global migration.*`` properties it has."""
-    qemu = binary(layout, "qemu-system-x86_64", flavour)
+    qemu = layout.binary("qemu-system-x86_64", flavour)
     cmds = [{"execute": "qmp_capabilities"},
             {"execute": "query-migrate-capabilities"},
             {"execute": "qom-list-properties",
@@ -389,7 +389,7 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
     if storage not in STORAGES:
         raise ValueError(f"unknown storage {storage!r}; known: {STORAGES}")
     r = Result(flavour, storage)
-    qemu_img = binary(layout, "qemu-img", flavour)
+    qemu_img = layout.binary("qemu-img", flavour)
     dom = f"pqlv-{flavour}-{storage}"
     base = hosts.shared / dom
     base.mkdir()
@@ -539,7 +539,7 @@ def run_all(layout: Layout, flavours: tuple[str, ...] = ("stock", "patched"),
     hosts = Hosts()
     with hosts as (a, b):
         for p in probes:
-            hosts.use_tools({t: binary(layout, t, p.flavour)
+            hosts.use_tools({t: layout.binary(t, p.flavour)
                              for t in ("qemu-img", "qemu-nbd")})
             check.domcaps[p.flavour] = domcapabilities(a, p)
             for storage in storages:

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..build.driver import BuildError
-from ..build.driver import binary as built_binary
 from ..errors import PyqemuError
 from ..paths import Layout
 from ..util.proc import deathsig_wrapper
@@ -48,12 +46,9 @@ class MachineError(PyqemuError):
 def _import_machine(layout: Layout) -> Any:
     """QEMUMachine from the built tree; PyPI's qemu.qmp stays first on the
     path so that ``qemu.qmp`` is the pinned client, not the tree's copy."""
-    tree_python = layout.source("stock") / "python"
-    if not (tree_python / "qemu" / "machine").is_dir():
-        raise BuildError(f"{tree_python} has no qemu.machine: run "
-                         "'./run build' first")
-    if str(tree_python) not in sys.path:
-        sys.path.append(str(tree_python))
+    tree_python = str(layout.qemu_python())
+    if tree_python not in sys.path:
+        sys.path.append(tree_python)
     from qemu.machine import QEMUMachine  # type: ignore[import-not-found]
     return QEMUMachine
 
@@ -154,7 +149,7 @@ class VM:
         #: what the guest prints on COM1
         self.serial_log = self.workdir / f"{name}-serial.log"
         self.serial_log.unlink(missing_ok=True)
-        binary = binary or built_binary(layout, "qemu-system-x86_64", flavour)
+        binary = binary or layout.binary("qemu-system-x86_64", flavour)
         args = ["-machine", f"{machine},accel=tcg", "-m", str(memory_mb),
                 "-nodefaults", "-no-user-config",
                 "-serial", f"file:{self.serial_log}"]

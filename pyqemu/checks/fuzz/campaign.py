@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...build.driver import binary, build
+from ...build.driver import build
 from ...log import info
 from ...paths import REPO, SANITIZED, Layout
 from . import seeds
@@ -41,7 +41,7 @@ def run(layout: Layout, inputs: int, seed: int = 1, workers: int = 2,
     if inputs < 0:
         raise ValueError(f"inputs must be >= 0, not {inputs}")
     build(layout, ("patched", SANITIZED))
-    qemu = binary(layout, "qemu-system-x86_64", SANITIZED)
+    qemu = layout.binary("qemu-system-x86_64", SANITIZED)
     save_dir = save_dir or layout.root / "fuzz-findings"
     summary = Summary()
     start = time.monotonic()
