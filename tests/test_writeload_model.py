@@ -1,12 +1,14 @@
-"""The model of ``bench writeload`` (pyqemu/bench/writeload.py), without
+"""The model of ``bench writeload`` (pyqemu/bench/writeload/), without
 QEMU: the benchmark sets its measurements against these numbers, so
 they must say what the module's docstring says they say."""
 
 from __future__ import annotations
 
+import json
 import math
 
-from pyqemu.bench import writeload as wl
+from pyqemu.bench.writeload import model as wl
+from pyqemu.bench.writeload import report, results
 from pyqemu.util.units import KiB, MiB
 
 
@@ -70,26 +72,27 @@ def test_distinct_chunks() -> None:
                         rel_tol=0.01)
 
 
-def _hop(downtime: int, rate: float) -> wl.Hop:
-    return wl.Hop(True, 1200, downtime, rate, 40 * KiB, 0, 5, 0,
-                         0.0, 0.5, 3.0, 4.0, 0)
+def _hop(downtime: int, rate: float) -> results.Hop:
+    return results.Hop(True, 1200, downtime, rate, 40 * KiB, 0, 5, 0,
+                       0.0, 0.5, 3.0, 4.0, 0)
 
 
 def test_report_of_a_sweep_states_both_targets() -> None:
     """The tables render (a row as long as its header) and the targets
     say met or MISSED from the numbers, both ways."""
-    loads = [wl.LoadResult("random", 1000, 1000.0, 1000.0,
-                                  [_hop(d, 990.0) for d in (3, 4, 5)],
-                                  _hop(2, 1000.0), 0, 10.0),
-             wl.LoadResult("random", 0, 4000.0, 4000.0,
-                                  [_hop(d, 3000.0) for d in (30, 40, 50)],
-                                  _hop(3, 4000.0), 0, 10.0),
-             # as fast as it goes, the target is the held migrations' ratio
-             # in one QEMU, not the hops' (0.75 here)
-             wl.CostResult("random", [3900.0, 4000.0], [4000.0, 4100.0])]
-    tables = wl.table(list(loads))
+    loads: list[results.Result] = [
+        results.LoadResult("random", 1000, 1000.0, 1000.0,
+                           [_hop(d, 990.0) for d in (3, 4, 5)],
+                           _hop(2, 1000.0), 0, 10.0),
+        results.LoadResult("random", 0, 4000.0, 4000.0,
+                           [_hop(d, 3000.0) for d in (30, 40, 50)],
+                           _hop(3, 4000.0), 0, 10.0),
+        # as fast as it goes, the target is the held migrations' ratio
+        # in one QEMU, not the hops' (0.75 here)
+        results.CostResult("random", [3900.0, 4000.0], [4000.0, 4100.0])]
+    tables = report.table(loads)
     assert "| random" in tables and "| 3900/4000" in tables, tables
-    text = wl.targets(list(loads))
+    text = report.targets(loads)
     assert "live median 17.5 ms" in text and "MISSED" in text, text
     assert "paced: median 0.99" in text and \
         "as fast as it goes: median 0.98 over 1 boots" in text, text
@@ -97,12 +100,12 @@ def test_report_of_a_sweep_states_both_targets() -> None:
 
 def test_results_come_back_from_their_json() -> None:
     """The cover letter reads the write-load numbers from results.json."""
-    import json
-    loads = [wl.LoadResult("hot set", 200, 200.0, 201.0,
+    loads: list[results.Result] = [
+        results.LoadResult("hot set", 200, 200.0, 201.0,
                            [_hop(d, 199.0) for d in (3, 4)], _hop(2, 200.0),
                            0, 10.0),
-             wl.CostResult("hot set", [3000.0, 3100.0], [3050.0, 3000.0])]
-    rows = json.loads(json.dumps(wl.data(list(loads))))
-    back = wl.load_results(rows)
+        results.CostResult("hot set", [3000.0, 3100.0], [3050.0, 3000.0])]
+    rows = json.loads(json.dumps(results.data(loads)))
+    back = results.load_results(rows)
     assert back == loads
-    assert wl.target_values(back) == wl.target_values(list(loads))
+    assert report.target_values(back) == report.target_values(loads)

@@ -25,7 +25,10 @@ from typing import Any
 
 from ..paths import Layout
 from ..util.results import save
-from . import compare, fill, safety, writeload
+from . import compare, fill, safety
+from .writeload import experiment as writeload
+from .writeload import report as writeload_report
+from .writeload.results import data as writeload_data
 
 
 def main(layout: Layout, quick: bool = False) -> int:
@@ -54,12 +57,12 @@ def main(layout: Layout, quick: bool = False) -> int:
     compare.plot(summaries, d / "downtime.png")
 
     load = writeload.run(layout, quick)
-    parts += ["## Under write load\n\n" + writeload.describe(),
-              writeload.table(load), "Targets under write load:\n\n" +
-              writeload.targets(load)]
-    data["writeload"] = writeload.data(load)
+    parts += ["## Under write load\n\n" + writeload_report.describe(),
+              writeload_report.table(load), "Targets under write load:\n\n"
+              + writeload_report.targets(load)]
+    data["writeload"] = writeload_data(load)
     save(layout, "migrate", "\n\n".join(parts), data)
-    writeload.plot(load, d / "writeload.png")
+    writeload_report.plot(load, d / "writeload.png")
 
     faults = safety.run(layout, runs=1 if quick else 2)
     parts += ["## A fault right after the switchover\n\n" +

@@ -15,9 +15,11 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from ..bench import compare, safety, writeload
+from ..bench import compare, safety
 from ..bench import hbitmap as bench_hbitmap
 from ..bench import migrate as bench_migrate
+from ..bench.writeload import report as writeload_report
+from ..bench.writeload.results import load_results
 from ..paths import Layout
 from ..tree import series
 from ..tree.git import git
@@ -152,7 +154,7 @@ def safety_table(rows: list[dict]) -> str:
 
 
 def _writeload(rows: list[dict]) -> dict[str, str]:
-    v = writeload.target_values(writeload.load_results(rows))
+    v = writeload_report.target_values(load_results(rows))
 
     def spread(key: str, fmt: str) -> str:
         x = v[key]
