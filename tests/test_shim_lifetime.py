@@ -11,6 +11,14 @@ import pytest
 
 from pyqemu.shim import ffi
 from pyqemu.shim import hbitmap as hbitmap_mod
+from pyqemu.shim.errors import (
+    AllocationError,
+    ClosedError,
+    HashError,
+    OutOfRangeError,
+    PreconditionError,
+    ShimError,
+)
 from pyqemu.shim.hbitmap import HBitmap
 
 
@@ -109,6 +117,25 @@ def test_every_prototype_is_bound_at_load(lib):
         fn = getattr(lib, name)
         assert fn.argtypes == argtypes, name
         assert fn.restype == restype, name
+
+
+def test_errors_are_typed(lib):
+    """A caller can catch the shim's errors as a family or by kind, or as
+    the built-in error a Python caller expects."""
+    hb = HBitmap(1000, 0, lib)
+    with pytest.raises(PreconditionError):
+        hb.set(999, 2)
+    with pytest.raises(OutOfRangeError):
+        hb.get(1000)
+    hb.close()
+    with pytest.raises(ClosedError):
+        hb.count()
+    for kind in (PreconditionError, OutOfRangeError, ClosedError,
+                 AllocationError, HashError, ffi.LibraryError,
+                 ffi.MissingSymbolError):
+        assert issubclass(kind, ShimError), kind
+    assert issubclass(OutOfRangeError, IndexError)
+    assert issubclass(AllocationError, MemoryError)
 
 
 def test_del_after_interpreter_shutdown_began_does_not_call_c(monkeypatch):

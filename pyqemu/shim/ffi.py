@@ -23,8 +23,8 @@ from ctypes import POINTER, c_bool, c_char_p, c_int, c_int64, c_uint64, c_void_p
 from pathlib import Path
 from typing import Any, Callable, TypeAlias
 
-from ..errors import PyqemuError
 from ..paths import FLAVOURS, Layout
+from .errors import LibraryError, MissingSymbolError
 
 SHIM_ABI = 1
 
@@ -95,14 +95,6 @@ PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
 #: Added by the patch series; absent from the stock library.
 OPTIONAL: frozenset[str] = frozenset({"hbitmap_create_meta",
                                       "hbitmap_free_meta"})
-
-
-class LibraryError(PyqemuError):
-    """The shim library cannot be used (missing file, stale ABI)."""
-
-
-class MissingSymbolError(LibraryError):
-    """The library was built without this function (e.g. stock QEMU)."""
 
 
 class Library:

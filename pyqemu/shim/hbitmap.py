@@ -9,8 +9,10 @@ memory.
 
 QEMU's hbitmap enforces its preconditions with ``assert()``, which would
 abort the whole Python process.  Every method therefore checks the same
-preconditions first and raises ``ValueError`` with the reason, so that a
-test or a user's typo gets an error, not a core dump.
+preconditions first and raises :class:`~.errors.PreconditionError` (a
+``ValueError``) with the reason, so that a test or a user's typo gets an
+error, not a core dump; a closed bitmap raises
+:class:`~.errors.ClosedError`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ import weakref
 from typing import Any, Iterator
 
 from . import ffi
+from .errors import (
+    AllocationError,
+    ClosedError,
+    HashError,
+    OutOfRangeError,
+    PreconditionError,
+)
 
 INT64_MAX = (1 << 63) - 1
 #: hbitmap.h: HBITMAP_LOG_MAX_SIZE on 64-bit hosts.
@@ -56,17 +65,17 @@ class HBitmap:
     def __init__(self, size: int, granularity: int, lib: ffi.Library) -> None:
         self._iters = {}
         if not 0 <= size <= INT64_MAX:
-            raise ValueError(f"size {size} out of range 0..INT64_MAX")
+            raise PreconditionError(f"size {size} out of range 0..INT64_MAX")
         if not 0 <= granularity < 64:
-            raise ValueError(f"granularity {granularity} out of range 0..63")
+            raise PreconditionError(f"granularity {granularity} out of range 0..63")
         if _granules(size, granularity) > 1 << LOG_MAX_SIZE:
-            raise ValueError(f"size {size} at granularity {granularity} needs "
+            raise PreconditionError(f"size {size} at granularity {granularity} needs "
                              f"more than 2**{LOG_MAX_SIZE} bits")
         self._lib = lib
         self._size = size
         ptr = lib.hbitmap_alloc(size, granularity)
         if not ptr:
-            raise MemoryError(f"hbitmap_alloc({size}, {granularity}) "
+            raise AllocationError(f"hbitmap_alloc({size}, {granularity}) "
                               "returned NULL")
         self._ptr = ptr
 
@@ -100,7 +109,7 @@ class HBitmap:
     @property
     def ptr(self) -> ffi.HBitmapHandle:
         if not self._ptr:
-            raise ValueError("HBitmap is closed")
+            raise ClosedError("HBitmap is closed")
         return self._ptr
 
     # -- geometry ----------------------------------------------------------
@@ -123,9 +132,9 @@ class HBitmap:
 
     def _check_range(self, start: int, count: int) -> None:
         if start < 0 or count < 0:
-            raise ValueError(f"negative range start={start} count={count}")
+            raise PreconditionError(f"negative range start={start} count={count}")
         if count and (start + count - 1) >> self.granularity >= self._bits():
-            raise ValueError(f"range [{start}, {start + count}) is past the "
+            raise PreconditionError(f"range [{start}, {start + count}) is past the "
                              f"end of a {self._size}-item bitmap")
 
     # -- bits --------------------------------------------------------------
@@ -141,9 +150,9 @@ class HBitmap:
         self._check_range(start, count)
         g = self.granule
         if start % g:
-            raise ValueError(f"reset start {start} not aligned to granule {g}")
+            raise PreconditionError(f"reset start {start} not aligned to granule {g}")
         if count % g and start + count != self._size:
-            raise ValueError(f"reset count {count} not aligned to granule {g} "
+            raise PreconditionError(f"reset count {count} not aligned to granule {g} "
                              "and not reaching the end of the bitmap")
         self._lib.hbitmap_reset(self.ptr, start, count)
 
@@ -152,7 +161,7 @@ class HBitmap:
 
     def get(self, item: int) -> bool:
         if item < 0 or item >> self.granularity >= self._bits():
-            raise IndexError(f"item {item} outside a {self._size}-item bitmap")
+            raise OutOfRangeError(f"item {item} outside a {self._size}-item bitmap")
         return bool(self._lib.hbitmap_get(self.ptr, item))
 
     __getitem__ = get
@@ -167,7 +176,7 @@ class HBitmap:
     def merge(self, other: "HBitmap") -> None:
         """self |= other (granularities may differ, sizes must not)."""
         if other.size != self.size:
-            raise ValueError(f"cannot merge a {other.size}-item bitmap into "
+            raise PreconditionError(f"cannot merge a {other.size}-item bitmap into "
                              f"a {self.size}-item one")
         self._lib.hbitmap_merge(self.ptr, other.ptr, self.ptr)
 
@@ -175,14 +184,14 @@ class HBitmap:
         """Attach a meta bitmap: one bit per *chunk_size* items, set by every
         change of this bitmap (patched builds only)."""
         if self._meta is not None:
-            raise ValueError("this bitmap already has a meta bitmap")
+            raise PreconditionError("this bitmap already has a meta bitmap")
         if chunk_size <= 0 or chunk_size & (chunk_size - 1) or \
                 chunk_size < self.granule:
-            raise ValueError(f"chunk size {chunk_size} must be a power of two "
+            raise PreconditionError(f"chunk size {chunk_size} must be a power of two "
                              f"of at least the granule ({self.granule})")
         ptr = self._lib.hbitmap_create_meta(self.ptr, chunk_size)
         if not ptr:
-            raise MemoryError(f"hbitmap_create_meta({chunk_size}) returned "
+            raise AllocationError(f"hbitmap_create_meta({chunk_size}) returned "
                               "NULL")
         self._meta = MetaBitmap(self, ptr)
         return self._meta
@@ -190,9 +199,9 @@ class HBitmap:
     def truncate(self, size: int) -> None:
         """Grow (new items clean) or shrink (dropped items forgotten)."""
         if not 0 <= size <= INT64_MAX:
-            raise ValueError(f"size {size} out of range")
+            raise PreconditionError(f"size {size} out of range")
         if _granules(size, self.granularity) > 1 << LOG_MAX_SIZE:
-            raise ValueError(f"size {size} too large for this granularity")
+            raise PreconditionError(f"size {size} too large for this granularity")
         self._lib.hbitmap_truncate(self.ptr, size)
         self._size = size
         if self._meta is not None:
@@ -203,7 +212,7 @@ class HBitmap:
     def next_dirty(self, start: int, count: int | None = None) -> int | None:
         """First dirty item in [start, start+count), or None."""
         if start < 0 or (count is not None and count < 0):
-            raise ValueError("next_dirty needs start >= 0 and count >= 0")
+            raise PreconditionError("next_dirty needs start >= 0 and count >= 0")
         if start >= self._size:
             return None
         count = INT64_MAX if count is None else count
@@ -213,7 +222,7 @@ class HBitmap:
     def next_zero(self, start: int, count: int | None = None) -> int | None:
         """First clean item in [start, start+count), or None."""
         if start < 0 or (count is not None and count < 0):
-            raise ValueError("next_zero needs start >= 0 and count >= 0")
+            raise PreconditionError("next_zero needs start >= 0 and count >= 0")
         if start >= self._size:   # hbitmap would read past its array
             return None
         count = INT64_MAX if count is None else count
@@ -224,7 +233,7 @@ class HBitmap:
                         max_count: int = INT64_MAX) -> tuple[int, int] | None:
         """First dirty (offset, length) in [start, end), length <= max_count."""
         if start < 0 or end < 0 or max_count <= 0:
-            raise ValueError("next_dirty_area needs start, end >= 0 and "
+            raise PreconditionError("next_dirty_area needs start, end >= 0 and "
                              "max_count > 0")
         off, cnt = ctypes.c_int64(), ctypes.c_int64()
         if self._lib.hbitmap_next_dirty_area(self.ptr, start, end, max_count,
@@ -247,7 +256,7 @@ class HBitmap:
     def status(self, start: int, count: int) -> tuple[bool, int]:
         """(dirty?, length of the run of that state starting at start)."""
         if start < 0 or count <= 0 or start + count > self._size:
-            raise ValueError(f"status range [{start}, {start + count}) invalid "
+            raise PreconditionError(f"status range [{start}, {start + count}) invalid "
                              f"for a {self._size}-item bitmap")
         pnum = ctypes.c_int64()
         dirty = self._lib.hbitmap_status(self.ptr, start, count,
@@ -257,7 +266,7 @@ class HBitmap:
     def iter_dirty(self, first: int = 0) -> Iterator[int]:
         """First item of each dirty granule from *first* on (HBitmapIter)."""
         if first < 0 or first >> self.granularity >= self._bits():
-            raise ValueError(f"iteration start {first} outside the bitmap")
+            raise PreconditionError(f"iteration start {first} outside the bitmap")
         return self._iterate(first)
 
     def _iterate(self, first: int) -> Iterator[int]:
@@ -265,13 +274,13 @@ class HBitmap:
         # close() frees it, and every step checks it is still registered.
         it = self._lib.pyqemu_hbitmap_iter_new(self.ptr, first)
         if not it:
-            raise MemoryError("pyqemu_hbitmap_iter_new returned NULL")
+            raise AllocationError("pyqemu_hbitmap_iter_new returned NULL")
         key = id(it)
         self._iters[key] = it
         try:
             while True:
                 if key not in self._iters:
-                    raise ValueError("HBitmap closed during iteration")
+                    raise ClosedError("HBitmap closed during iteration")
                 item = self._lib.hbitmap_iter_next(it)
                 if item < 0:
                     return
@@ -289,17 +298,17 @@ class HBitmap:
 
     def serialization_align(self) -> int:
         if not self.is_serializable():
-            raise ValueError("granularity >= 58 cannot be serialized")
+            raise PreconditionError("granularity >= 58 cannot be serialized")
         return int(self._lib.hbitmap_serialization_align(self.ptr))
 
     def _check_chunk(self, start: int, count: int) -> None:
         align = self.serialization_align()
         self._check_range(start, count)
         if start % align:
-            raise ValueError(f"chunk start {start} not aligned to {align}")
+            raise PreconditionError(f"chunk start {start} not aligned to {align}")
         last = (start + count - 1) >> self.granularity
         if count and last != self._bits() - 1 and count % align:
-            raise ValueError(f"chunk length {count} not aligned to {align} and "
+            raise PreconditionError(f"chunk length {count} not aligned to {align} and "
                              "not the last chunk")
 
     def serialization_size(self, start: int, count: int) -> int:
@@ -319,7 +328,7 @@ class HBitmap:
         count = self._size - start if count is None else count
         n = self.serialization_size(start, count)
         if len(data) < n:
-            raise ValueError(f"{len(data)} bytes given, the chunk needs {n}")
+            raise PreconditionError(f"{len(data)} bytes given, the chunk needs {n}")
         buf = (ctypes.c_uint8 * max(n, 1)).from_buffer_copy(
             data[:n] if n else b"\0")
         self._lib.hbitmap_deserialize_part(self.ptr, buf, start, count, finish)
@@ -344,7 +353,7 @@ class HBitmap:
         if not res:
             msg = ctypes.string_at(err.value).decode() if err.value else "?"
             self._lib.pyqemu_free(err)
-            raise RuntimeError(f"hbitmap_sha256 failed: {msg}")
+            raise HashError(f"hbitmap_sha256 failed: {msg}")
         try:
             return ctypes.string_at(res).decode()
         finally:
@@ -386,4 +395,4 @@ class MetaBitmap(HBitmap):
             self._lib.hbitmap_free_meta(owner._ptr)
 
     def create_meta(self, chunk_size: int) -> "MetaBitmap":
-        raise ValueError("a meta bitmap has no meta bitmap of its own")
+        raise PreconditionError("a meta bitmap has no meta bitmap of its own")
