@@ -4,11 +4,16 @@ collected owners.  The shim must raise, never touch freed memory."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import re
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pyqemu.paths import REPO
 from pyqemu.shim import ffi
 from pyqemu.shim import hbitmap as hbitmap_mod
 from pyqemu.shim.errors import (
@@ -106,17 +111,88 @@ def test_meta_bitmap_does_not_keep_its_owner_alive(patched_lib):
     meta.close()                        # nothing left to free: no crash
 
 
-def test_every_prototype_is_bound_at_load(lib):
-    lib.has("hbitmap_alloc")
-    # bound as instance attributes: none may shadow the Library's own
-    own = set(vars(ffi.Library)) | {"path", "flavour"}
-    assert not set(ffi.PROTOTYPES) & own
+#: C type -> the ctypes type ffi.PROTOTYPES must use for it.  ``char *``
+#: results are freed by the caller, so they are void pointers (c_char_p
+#: would copy the string and lose the pointer).
+C_TYPES: dict[str, Any] = {
+    "void": None, "bool": ctypes.c_bool, "int": ctypes.c_int,
+    "int64_t": ctypes.c_int64, "uint64_t": ctypes.c_uint64,
+    "HBitmap *": ffi.HBitmapPtr, "HBitmapIter *": ffi.HBitmapIterPtr,
+    "int64_t *": ffi.c_int64_p, "uint8_t *": ffi.c_uint8_p,
+    "char *": ctypes.c_void_p, "char **": ctypes.POINTER(ctypes.c_void_p),
+    "void *": ctypes.c_void_p,
+}
+_DECL = re.compile(r"^((?:const\s+)?\w+[\s*]+?)((?:hbitmap|pyqemu)_\w+)"
+                   r"\(([^)]*)\)", re.M)
+
+
+def _c_type(decl: str) -> Any:
+    """The ctypes type of one C type, or of one parameter with its name."""
+    decl = re.sub(r"\bconst\s+", "", decl).strip()
+    m = re.fullmatch(r"(\w+)\s*(\**)\s*\w*", decl)
+    assert m, decl
+    return C_TYPES[m.group(1) + (" " + m.group(2) if m.group(2) else "")]
+
+
+def c_prototypes(names: Any, *sources: Path
+                 ) -> dict[str, tuple[Any, list[Any]]]:
+    """name -> (restype, argtypes) of the functions *names* that are
+    declared or defined in *sources*."""
+    out = {}
+    for source in sources:
+        for m in _DECL.finditer(source.read_text()):
+            restype, name, args = m.groups()
+            if name not in names:
+                continue
+            params = " ".join(args.split())
+            argv = [] if params in ("", "void") else \
+                [_c_type(a) for a in params.split(",")]
+            out[name] = (_c_type(restype), argv)
+    return out
+
+
+def test_every_prototype_matches_the_c_declaration(layout, flavour):
+    """ffi.PROTOTYPES against QEMU's include/qemu/hbitmap.h (of the
+    flavour under test) and the shim's own C file: a wrong integer width
+    or a missing argument is silent memory corruption, not an error."""
+    header = layout.source(flavour) / "include" / "qemu" / "hbitmap.h"
+    declared = c_prototypes(ffi.PROTOTYPES, header,
+                            REPO / "plugin" / "hbitmap-shim.c")
     for name, (restype, argtypes) in ffi.PROTOTYPES.items():
-        if name in ffi.OPTIONAL and not lib.has(name):
+        if name in ffi.OPTIONAL and flavour == "stock":
+            assert name not in declared, f"{name} is in stock's header"
             continue
-        fn = getattr(lib, name)
-        assert fn.argtypes == argtypes, name
-        assert fn.restype == restype, name
+        assert name in declared, f"{name} is declared nowhere in C"
+        want = declared[name]
+        if name == "pyqemu_shim_tree":
+            # a string the shim keeps: copied by c_char_p, never freed
+            want = (ctypes.c_char_p, want[1])
+        assert (restype, argtypes) == want, name
+
+
+def test_calls_go_through_the_prototypes(lib):
+    """The bound prototypes are what calls use: a handle of the wrong
+    type is refused before C, and 64-bit items come back whole."""
+    with pytest.raises(ctypes.ArgumentError):
+        lib.hbitmap_count(ffi.HBitmapIterPtr())
+    with HBitmap(1 << 40, 16, lib) as hb:      # 2 MiB of bits
+        hb.set((1 << 40) - 1, 1)
+        assert hb.next_dirty(0) == (1 << 40) - (1 << 16)
+        hb.set(0, 1 << 33)
+        assert hb.count() == (1 << 33) + (1 << 16)
+
+
+def test_a_library_built_from_another_tree_is_refused(layout):
+    """The stock library, loaded as if it were built from the patched
+    tree, is refused; against its own tree it loads."""
+    wrong = ffi.Library(layout.shim_library("stock"), "stock",
+                        layout.source("patched"), "./run build --stock")
+    with pytest.raises(ffi.TreeMismatchError,
+                       match="built from QEMU commit .* './run build --stock'"):
+        wrong.has("hbitmap_alloc")
+    right = ffi.Library(layout.shim_library("stock"), "stock",
+                        layout.source("stock"), "./run build --stock")
+    assert right.has("hbitmap_alloc")
 
 
 def test_errors_are_typed(lib):
@@ -132,7 +208,7 @@ def test_errors_are_typed(lib):
         hb.count()
     for kind in (PreconditionError, OutOfRangeError, ClosedError,
                  AllocationError, HashError, ffi.LibraryError,
-                 ffi.MissingSymbolError):
+                 ffi.MissingSymbolError, ffi.TreeMismatchError):
         assert issubclass(kind, ShimError), kind
     assert issubclass(OutOfRangeError, IndexError)
     assert issubclass(AllocationError, MemoryError)

@@ -30,6 +30,11 @@ class MissingSymbolError(LibraryError):
     no meta bitmaps): "not in this build", not a bug."""
 
 
+class TreeMismatchError(LibraryError):
+    """The library was built from another QEMU tree than the one it is
+    loaded for: its hbitmap is not the one under test."""
+
+
 class PreconditionError(ShimError, ValueError):
     """A call that hbitmap.c would ``assert()`` on: a range past the end,
     an unaligned reset, a granularity out of range..."""

@@ -8,7 +8,9 @@ Modelled on llvmlite's ``binding/ffi.py``:
   :data:`PROTOTYPES`, and all of them are bound when the library is first
   loaded (a call never reaches C through an unprototyped function);
 * the library is found and checked once, with one error that names what is
-  missing (the file, a symbol, or a stale shim ABI).
+  missing (the file, a symbol, or a stale shim ABI) or wrong (a library
+  built from another QEMU tree than the one under test), and the command
+  that fixes it.
 
 Functions added by the patch series are *optional*: the stock library lacks
 them, and asking for one raises :class:`MissingSymbolError` naming the
@@ -18,13 +20,14 @@ symbol and the library, so a test can tell "not in this build" from a bug.
 from __future__ import annotations
 
 import ctypes
-import os
 from ctypes import POINTER, c_bool, c_char_p, c_int, c_int64, c_uint64, c_void_p
 from pathlib import Path
 from typing import Any, Callable, TypeAlias
 
+from ..errors import CommandError
 from ..paths import FLAVOURS, Layout
-from .errors import LibraryError, MissingSymbolError
+from ..tree.git import head
+from .errors import LibraryError, MissingSymbolError, TreeMismatchError
 
 SHIM_ABI = 1
 
@@ -102,14 +105,19 @@ class Library:
 
     Loading binds every declared prototype; an optional function the
     build lacks is remembered as missing and raises MissingSymbolError
-    when asked for.
+    when asked for.  *tree* is the QEMU source tree the library must have
+    been built from (the commit it records, ``pyqemu_shim_tree``, must be
+    that tree's HEAD), and *rebuild* the command that rebuilds it.
     """
 
     _dll: ctypes.CDLL | None = None
 
-    def __init__(self, path: Path, flavour: str) -> None:
+    def __init__(self, path: Path, flavour: str, tree: Path | None = None,
+                 rebuild: str = "./run build") -> None:
         self.path = path
         self.flavour = flavour
+        self.tree = tree
+        self.rebuild = rebuild
         self._funcs: dict[str, Callable[..., Any]] = {}
 
     def _load(self) -> ctypes.CDLL:
@@ -118,7 +126,7 @@ class Library:
         if not self.path.exists():
             raise LibraryError(
                 f"hbitmap shim for the {self.flavour} flavour not found at "
-                f"{self.path}: run './run build --{self.flavour}' first")
+                f"{self.path}: run '{self.rebuild}' first")
         try:
             dll = ctypes.CDLL(str(self.path))
         except OSError as e:
@@ -138,13 +146,32 @@ class Library:
         abi = funcs["pyqemu_shim_abi"]()
         if abi != SHIM_ABI:
             raise LibraryError(f"{self.path} has shim ABI {abi}, this pyqemu "
-                               f"needs {SHIM_ABI}: rebuild with './run build'")
+                               f"needs {SHIM_ABI}: rebuild with "
+                               f"'{self.rebuild}'")
+        self._check_tree(funcs["pyqemu_shim_tree"]().decode())
         self._funcs = funcs
         # as instance attributes, later calls skip __getattr__ (it was
         # 1.7 M calls, a tenth of the hbitmap tests' time)
         self.__dict__.update(funcs)
         self._dll = dll
         return dll
+
+    def _check_tree(self, built_from: str) -> None:
+        """Refuse a library whose hbitmap.c is not the tree's: a test of
+        the patched flavour would otherwise pass on a stale build of
+        another commit (or of another checkout)."""
+        if self.tree is None:
+            return
+        try:
+            want = head(self.tree)
+        except CommandError as e:
+            raise LibraryError(f"cannot tell which commit {self.tree} is "
+                               f"at ({e}): run '{self.rebuild}'") from None
+        if built_from != want:
+            raise TreeMismatchError(
+                f"{self.path} was built from QEMU commit {built_from[:12]}, "
+                f"but the {self.flavour} tree {self.tree} is at "
+                f"{want[:12]}: rebuild with '{self.rebuild}'")
 
     def has(self, name: str) -> bool:
         """Whether this build exports *name* (optional functions vary)."""
@@ -169,13 +196,13 @@ _LIBS: dict[Path, Library] = {}
 
 
 def library(layout: Layout, flavour: str = "patched") -> Library:
-    """The shared Library object of one flavour of *layout*
-    (``$PYQEMU_HBITMAP_LIB_<FLAVOUR>`` names another file)."""
+    """The shared Library object of one flavour of *layout*: the file the
+    layout names, checked against the layout's source tree."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, not {flavour!r}")
-    override = os.environ.get(f"PYQEMU_HBITMAP_LIB_{flavour.upper()}")
-    path = Path(override) if override else layout.shim_library(flavour)
+    path = layout.shim_library(flavour)
     lib = _LIBS.get(path)
     if lib is None:
-        lib = _LIBS[path] = Library(path, flavour)
+        lib = _LIBS[path] = Library(path, flavour, layout.source(flavour),
+                                    layout.build_command(flavour))
     return lib
