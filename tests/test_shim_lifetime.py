@@ -1,13 +1,17 @@
 """Who owns the C memory behind an HBitmap, and what happens when the
 rules are broken: closed bitmaps, suspended iterators, NULL from C,
-collected owners.  The shim must raise, never touch freed memory."""
+owners in reference cycles, a library that is not the one under test.
+The shim must raise a typed error, never touch freed memory, and match
+the C declarations it binds."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,41 +32,68 @@ from pyqemu.shim.hbitmap import HBitmap
 
 
 class FakeLib:
-    """A Library stand-in whose allocators return NULL, for the failure
-    paths no real allocation reaches."""
+    """A Library stand-in: allocators that may return NULL, for the
+    failure paths no real allocation reaches, and a record of what was
+    freed, held to hbitmap.c's rules (hbitmap_free asserts that no meta
+    bitmap is attached; here a broken rule goes on a list)."""
 
-    def __init__(self, alloc_null: bool, meta_null: bool) -> None:
+    def __init__(self, alloc_null: bool = False,
+                 meta_null: bool = False) -> None:
         self.alloc_null, self.meta_null = alloc_null, meta_null
         self.freed: list[object] = []
-        self._bitmap = ffi.HBitmapStruct()
+        self.metas_freed = 0
+        self.broken: list[str] = []
+        self._structs: list[ffi.HBitmapStruct] = []
+        self._with_meta: set[int] = set()
+
+    def _new(self) -> object:
+        self._structs.append(ffi.HBitmapStruct())
+        return ffi.HBitmapPtr(self._structs[-1])
+
+    @staticmethod
+    def _addr(hb: Any) -> int:
+        return ctypes.addressof(hb.contents)
 
     def hbitmap_alloc(self, size: int, granularity: int) -> object:
-        return ffi.HBitmapPtr() if self.alloc_null else \
-            ffi.HBitmapPtr(self._bitmap)
+        return ffi.HBitmapPtr() if self.alloc_null else self._new()
 
     def hbitmap_create_meta(self, hb: object, chunk: int) -> object:
-        return ffi.HBitmapPtr() if self.meta_null else ffi.HBitmapPtr(
-            ffi.HBitmapStruct())
+        if self.meta_null:
+            return ffi.HBitmapPtr()
+        self._with_meta.add(self._addr(hb))
+        return self._new()
+
+    def hbitmap_free_meta(self, hb: object) -> None:
+        if self._addr(hb) not in self._with_meta:
+            self.broken.append("hbitmap_free_meta without a meta bitmap")
+        self._with_meta.discard(self._addr(hb))
+        self.metas_freed += 1
 
     def hbitmap_granularity(self, hb: object) -> int:
         return 0
 
     def hbitmap_free(self, hb: object) -> None:
+        if self._addr(hb) in self._with_meta:
+            self.broken.append("hbitmap_free with a meta bitmap attached")
         self.freed.append(hb)
 
 
+def fake(lib: FakeLib, size: int = 100) -> HBitmap:
+    return HBitmap(size, 0, lib)  # type: ignore[arg-type]
+
+
 def test_null_from_hbitmap_alloc_is_a_memory_error():
-    with pytest.raises(MemoryError, match="hbitmap_alloc"):
-        HBitmap(100, 0, FakeLib(alloc_null=True, meta_null=False))
+    with pytest.raises(AllocationError, match="hbitmap_alloc"):
+        fake(FakeLib(alloc_null=True))
 
 
 def test_null_from_create_meta_is_a_memory_error():
-    lib = FakeLib(alloc_null=False, meta_null=True)
-    hb = HBitmap(100, 0, lib)
+    lib = FakeLib(meta_null=True)
+    hb = fake(lib)
     with pytest.raises(MemoryError, match="hbitmap_create_meta"):
         hb.create_meta(64)
     hb.close()
-    assert len(lib.freed) == 1
+    assert len(lib.freed) == 1 and lib.metas_freed == 0
 
 
 def test_suspended_iterator_over_a_closed_bitmap_raises(lib):
@@ -72,7 +103,7 @@ def test_suspended_iterator_over_a_closed_bitmap_raises(lib):
     it = iter(hb)
     assert next(it) == 10
     hb.close()                          # frees the C iterator too
-    with pytest.raises(ValueError, match="closed"):
+    with pytest.raises(ClosedError, match="closed"):
         next(it)
 
 
@@ -96,17 +127,85 @@ def test_closed_meta_iterator_raises(patched_lib):
     it = iter(meta)
     next(it)
     hb.close()                          # closes the meta bitmap first
-    with pytest.raises(ValueError, match="closed"):
+    with pytest.raises(ClosedError, match="closed"):
         next(it)
 
 
-def test_meta_bitmap_does_not_keep_its_owner_alive(patched_lib):
+def test_an_owner_in_a_reference_cycle_frees_its_meta_bitmap():
+    """The collector clears weak references before it finalizes a cycle:
+    an owner that had to reach its meta bitmap through one lost it, freed
+    itself with the meta bitmap still attached (hbitmap.c's assert aborts
+    the process there) and leaked the meta bitmap."""
+    lib = FakeLib()
+    gc.disable()
+    try:
+        hb = fake(lib)
+        meta = hb.create_meta(64)
+        hb.cycle = [hb, meta]           # type: ignore[attr-defined]
+        del hb, meta
+        gc.collect()
+    finally:
+        gc.enable()
+    assert lib.broken == [], lib.broken
+    assert lib.metas_freed == 1 and len(lib.freed) == 1
+
+
+def test_an_owner_in_a_cycle_does_not_abort_the_real_library(layout):
+    """The same cycle on the patched library, in a process of its own:
+    there a lost meta bitmap is hbitmap.c's assert, an abort."""
+    script = """
+import gc, sys
+from pathlib import Path
+from pyqemu.paths import layout_for
+from pyqemu.shim import ffi
+from pyqemu.shim.hbitmap import HBitmap
+src = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+lib = ffi.library(layout_for(src), "patched")
+gc.disable()
+hb = HBitmap(1 << 20, 4, lib)
+meta = hb.create_meta(1 << 16)
+hb.set(0, 1)
+hb.cycle = [hb, meta]
+del hb, meta
+gc.collect()
+print("collected")
+"""
+    argv = [sys.executable, "-c", script]
+    if layout.qemu_src is not None:
+        argv.append(str(layout.qemu_src))
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                         check=False)
+    assert res.returncode == 0 and "collected" in res.stdout, \
+        (res.returncode, res.stderr[-2000:])
+
+
+def test_a_meta_view_keeps_its_owner_and_the_owner_keeps_the_meta_bitmap():
+    """Dropping the view frees nothing; the owner frees the meta bitmap
+    when it goes, and without waiting for the collector."""
+    lib = FakeLib()
+    hb = fake(lib)
+    meta = hb.create_meta(64)
+    del meta
+    assert lib.metas_freed == 0
+    again = hb.meta
+    assert again is not None and again.size == 100
+    del hb                      # the view holds the owner
+    assert lib.freed == []
+    gc.disable()
+    try:
+        del again               # no cycle: both go at once
+        assert lib.metas_freed == 1 and len(lib.freed) == 1
+    finally:
+        gc.enable()
+    assert lib.broken == []
+
+
+def test_a_closed_owner_closes_its_meta_view(patched_lib):
     hb = HBitmap(1 << 20, 4, patched_lib)
     meta = hb.create_meta(1 << 16)
-    del hb
-    gc.collect()
-    assert meta._owner is None or meta._owner() is None
-    with pytest.raises(ValueError, match="closed"):
+    hb.close()
+    with pytest.raises(ClosedError, match="closed"):
         meta.count()
     meta.close()                        # nothing left to free: no crash
 
@@ -215,8 +314,8 @@ def test_errors_are_typed(lib):
 
 
 def test_del_after_interpreter_shutdown_began_does_not_call_c(monkeypatch):
-    lib = FakeLib(alloc_null=False, meta_null=False)
-    hb = HBitmap(100, 0, lib)
+    lib = FakeLib()
+    hb = fake(lib)
     monkeypatch.setattr(hbitmap_mod, "_shutting_down", True)
     hb.__del__()
     assert lib.freed == []

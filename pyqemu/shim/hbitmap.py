@@ -13,6 +13,14 @@ preconditions first and raises :class:`~.errors.PreconditionError` (a
 ``ValueError``) with the reason, so that a test or a user's typo gets an
 error, not a core dump; a closed bitmap raises
 :class:`~.errors.ClosedError`.
+
+A meta bitmap belongs to the bitmap it watches, in C and here: the owner
+frees it (``free_meta()``, or its own ``close()``), with
+hbitmap_free_meta() before hbitmap_free(), whose ``assert(!hb->meta)``
+would abort the process otherwise.  The Python :class:`MetaBitmap` is a
+view that keeps its owner alive; the owner refers to its view only
+weakly and never needs the view to free the C memory, so a reference
+cycle, collected in any order, cannot lose it.
 """
 
 from __future__ import annotations
@@ -57,7 +65,10 @@ class HBitmap:
     # Class-level defaults: a half-constructed object (a ValueError in
     # __init__) is still safe to close() and to collect.
     _ptr: ffi.HBitmapHandle | None = None
-    _meta: "MetaBitmap | None" = None
+    #: the C meta bitmap, owned (and freed) by this object
+    _meta_ptr: ffi.HBitmapHandle | None = None
+    #: the Python view of it, if one is alive (weak: the view holds us)
+    _meta_view: "weakref.ref[MetaBitmap] | None" = None
     _size = 0
     #: live C iterators over this bitmap, freed by close()
     _iters: dict[int, Any]
@@ -87,10 +98,10 @@ class HBitmap:
             self._lib.pyqemu_hbitmap_iter_free(it)
 
     def close(self) -> None:
-        """Free the C bitmap now; the object is unusable afterwards, and
-        so is every iterator over it."""
-        if self._meta is not None:
-            self._meta.close()
+        """Free the C bitmap now, its meta bitmap first; the object is
+        unusable afterwards, and so is every iterator over it and its
+        meta bitmap's view."""
+        self.free_meta()
         self._free_iters()
         ptr, self._ptr = self._ptr, None
         if ptr:
@@ -182,19 +193,46 @@ class HBitmap:
 
     def create_meta(self, chunk_size: int) -> "MetaBitmap":
         """Attach a meta bitmap: one bit per *chunk_size* items, set by every
-        change of this bitmap (patched builds only)."""
-        if self._meta is not None:
+        change of this bitmap (patched builds only).  It lives until
+        :meth:`free_meta` or :meth:`close`, whether or not its view is
+        kept."""
+        if self._meta_ptr:
             raise PreconditionError("this bitmap already has a meta bitmap")
         if chunk_size <= 0 or chunk_size & (chunk_size - 1) or \
                 chunk_size < self.granule:
-            raise PreconditionError(f"chunk size {chunk_size} must be a power of two "
-                             f"of at least the granule ({self.granule})")
+            raise PreconditionError(
+                f"chunk size {chunk_size} must be a power of two of at least "
+                f"the granule ({self.granule})")
         ptr = self._lib.hbitmap_create_meta(self.ptr, chunk_size)
         if not ptr:
-            raise AllocationError(f"hbitmap_create_meta({chunk_size}) returned "
-                              "NULL")
-        self._meta = MetaBitmap(self, ptr)
-        return self._meta
+            raise AllocationError(f"hbitmap_create_meta({chunk_size}) "
+                                  "returned NULL")
+        self._meta_ptr = ptr
+        meta = self.meta
+        assert meta is not None
+        return meta
+
+    @property
+    def meta(self) -> "MetaBitmap | None":
+        """The meta bitmap's view (a new one if the last was dropped), or
+        None without a meta bitmap."""
+        view = self._meta_view() if self._meta_view is not None else None
+        if view is None and self._meta_ptr:
+            view = MetaBitmap(self, self._meta_ptr)
+            self._meta_view = weakref.ref(view)
+        return view
+
+    def free_meta(self) -> None:
+        """Detach and free the meta bitmap (no-op without one); its view
+        is closed.  The owner does this itself, from its own record of
+        the C pointer: it never depends on the view still being there."""
+        ptr, self._meta_ptr = self._meta_ptr, None
+        ref, self._meta_view = self._meta_view, None
+        view = ref() if ref is not None else None
+        if view is not None:
+            view._detach()
+        if ptr and self._ptr:
+            self._lib.hbitmap_free_meta(self._ptr)
 
     def truncate(self, size: int) -> None:
         """Grow (new items clean) or shrink (dropped items forgotten)."""
@@ -204,8 +242,9 @@ class HBitmap:
             raise PreconditionError(f"size {size} too large for this granularity")
         self._lib.hbitmap_truncate(self.ptr, size)
         self._size = size
-        if self._meta is not None:
-            self._meta._size = size
+        meta = self._meta_view() if self._meta_view is not None else None
+        if meta is not None:
+            meta._size = size       # hbitmap_truncate resizes it too
 
     # -- searching ---------------------------------------------------------
 
@@ -367,32 +406,44 @@ class HBitmap:
 
 
 class MetaBitmap(HBitmap):
-    """The meta bitmap of an HBitmap: owned by it, never freed on its own.
+    """The view of an HBitmap's meta bitmap.
 
-    It is an ordinary hbitmap (query it, reset it); ``close()`` detaches
-    and frees it through hbitmap_free_meta().
+    An ordinary hbitmap to query and reset, whose C memory belongs to the
+    owner: the view keeps its owner alive, ``close()`` asks the owner to
+    free the meta bitmap (:meth:`HBitmap.free_meta`), and dropping the
+    view frees nothing but its own iterators (the owner's :attr:`meta`
+    makes a new view).  Once the owner freed the meta bitmap, the view
+    raises ClosedError.
     """
 
-    _owner: "weakref.ref[HBitmap] | None" = None
+    _owner: HBitmap | None = None
 
     def __init__(self, owner: HBitmap, ptr: ffi.HBitmapHandle) -> None:
-        # No allocation: the C object belongs to owner's HBitmap.  The
-        # owner holds this object, so a weak reference back avoids a cycle
-        # that would keep a forgotten bitmap alive until the GC runs.
+        # No allocation: the C object belongs to owner's HBitmap.
         self._iters = {}
         self._lib = owner._lib
         self._size = owner.size
-        self._owner = weakref.ref(owner)
+        self._owner = owner
         self._ptr = ptr
 
-    def close(self) -> None:
+    def _detach(self) -> None:
+        """The owner freed the meta bitmap: forget it, and the iterators
+        that point into it."""
         self._free_iters()
-        ref, self._owner = self._owner, None
         self._ptr = None
-        owner = ref() if ref is not None else None
-        if owner is not None and owner._ptr:
-            owner._meta = None
-            self._lib.hbitmap_free_meta(owner._ptr)
+        self._owner = None
+
+    def close(self) -> None:
+        """Detach and free the meta bitmap, through its owner."""
+        owner = self._owner
+        if owner is not None and owner._meta_ptr is self._ptr:
+            owner.free_meta()
+        self._detach()
+
+    def __del__(self) -> None:
+        # only the view goes: the meta bitmap stays with its owner
+        if not _shutting_down:
+            self._free_iters()
 
     def create_meta(self, chunk_size: int) -> "MetaBitmap":
         raise PreconditionError("a meta bitmap has no meta bitmap of its own")
