@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyqemu.checks import suite  # noqa: E402
 from pyqemu.errors import PyqemuError  # noqa: E402
-from pyqemu.paths import Layout, layout_for  # noqa: E402
+from pyqemu.paths import SANITIZED, Layout, layout_for  # noqa: E402
 from pyqemu.shim import ffi  # noqa: E402
 from pyqemu.shim.hbitmap import HBitmap  # noqa: E402
 
@@ -30,6 +30,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--qemu-src", type=Path, default=None, metavar="DIR",
                      help="test the builds of this QEMU checkout instead of "
                           "the pinned Debian source")
+    parser.addoption("--sanitized-status", type=Path, default=None,
+                     metavar="FILE",
+                     help="the sanitized tree is being built in the "
+                          "background and writes its exit status to FILE: "
+                          "the tests that need it wait for that (./run test "
+                          "passes it; without it the tree must be built)")
 
 
 #: The longest modules (about 2, 1.3 and 1.2 min of a warm run)
@@ -71,14 +77,24 @@ def layout(request: pytest.FixtureRequest) -> Layout:
 
 
 @pytest.fixture(scope="session")
-def sanitized() -> None:
-    """The sanitized tree, which ``./run test`` builds in the background
+def sanitized(request: pytest.FixtureRequest, layout: Layout) -> Path:
+    """The sanitized binary, which ``./run test`` builds in the background
     while the other modules run: wait for that build to end.  A failed
-    build fails the test; run directly, pytest expects the tree built."""
+    build fails the test; run directly, pytest expects the tree built.
+    A binary without its sanitizers fails too: the tests that use it
+    would find nothing and pass."""
     try:
-        suite.wait_sanitized(SANITIZED_BUILD_TIMEOUT)
+        suite.wait_sanitized(request.config.getoption("sanitized_status"),
+                             SANITIZED_BUILD_TIMEOUT)
+        binary = layout.binary("qemu-system-x86_64", SANITIZED)
     except PyqemuError as e:
         pytest.fail(str(e))
+    found = suite.sanitizers(binary)
+    assert found == list(suite.SANITIZERS), \
+        f"{binary} runs with {found or 'no sanitizer'}, not with " \
+        f"{', '.join(suite.SANITIZERS)}: rebuild with " \
+        f"'{layout.build_command(SANITIZED)}'"
+    return binary
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ pytest's own ``--qemu-src`` option (see tests/conftest.py).
 Only the stream fuzzer's tests need the sanitized tree, the longest build
 from a cold cache (about 5 minutes).  It is built in the background, at
 the lowest CPU priority, while the rest of the suite runs; those tests
-run last and wait for it (the ``sanitized`` fixture).
+run last and wait for it (the ``sanitized`` fixture, told by pytest's
+``--sanitized-status FILE`` where the build writes its exit status).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..errors import PyqemuError
 from ..log import info, warn
 from ..paths import REPO, Layout
 from ..util.poll import until
-from ..util.proc import Background, die_with_parent
+from ..util.proc import Background, die_with_parent, run
 
 #: pytest-xdist workers.  The suite mostly waits (on guests, migrations
 #: held to a bandwidth, timeouts that must expire), so two workers halve
@@ -35,12 +36,6 @@ from ..util.proc import Background, die_with_parent
 #: one worker (``loadfile``; see tests/conftest.py).  ``./run test -- -n 0``
 #: runs the suite serially.
 WORKERS = 2
-
-#: Environment variable that tells the tests where the background build of
-#: the sanitized tree writes its exit status when it ends (unset: the
-#: tree is expected to be built already).
-SANITIZED_STATUS = "PYQEMU_SANITIZED_STATUS"
-
 
 class SanitizedBuild:
     """``pyqemu build --asan`` at nice 19, its output in a log file, its
@@ -72,21 +67,46 @@ class SanitizedBuild:
         return self.job.wait()
 
 
-def wait_sanitized(timeout: float) -> None:
+def wait_sanitized(status: Path | None, timeout: float) -> None:
     """For the tests: block until the background build of the sanitized
-    tree has ended (no-op when none runs); raise if it failed."""
-    status = os.environ.get(SANITIZED_STATUS)
-    if not status:
+    tree has written its exit status to *status* (None: no build runs,
+    the tree is expected built already); raise if it failed."""
+    if status is None:
         return
-    path = Path(status)
-    until(path.exists, bool, timeout, f"the sanitized tree's build (log: "
-          f"{path.with_suffix('.log')}) ended", interval=1)
-    code = path.read_text().strip()
+    until(status.exists, bool, timeout, f"the sanitized tree's build (log: "
+          f"{status.with_suffix('.log')}) ended", interval=1)
+    code = status.read_text().strip()
     if code != "0":
-        log = path.with_suffix(".log")
+        log = status.with_suffix(".log")
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-20:])
         raise PyqemuError(f"building the sanitized tree failed (exit {code}; "
                           f"log: {log}):\n{tail}")
+
+
+#: What a binary built with --enable-asan --enable-ubsan must carry
+SANITIZERS = ("AddressSanitizer", "UndefinedBehaviorSanitizer")
+
+
+def sanitizers(binary: Path) -> list[str]:
+    """The sanitizers *binary* really runs with, of :data:`SANITIZERS`.
+
+    A build that lost its flags (a configure cache, a wrong build
+    directory) still produces a qemu-system-x86_64 that runs the fuzzer,
+    which then finds nothing and passes.  So: AddressSanitizer's runtime
+    must load and answer ``ASAN_OPTIONS=help=1`` (it prints its flags at
+    start-up), and the binary must call UndefinedBehaviorSanitizer's
+    handlers (``__ubsan_handle_*`` among its dynamic imports; that
+    runtime prints nothing until it reports)."""
+    found = []
+    res = run([binary, "--version"], check=False, timeout=60,
+              env=dict(os.environ, ASAN_OPTIONS="help=1"))
+    if "Available flags for AddressSanitizer" in res.stdout + res.stderr:
+        found.append("AddressSanitizer")
+    imports = run(["nm", "-D", "--undefined-only", binary],
+                  what=f"nm -D {binary}").stdout
+    if "__ubsan_handle_" in imports:
+        found.append("UndefinedBehaviorSanitizer")
+    return found
 
 
 def main(layout: Layout, pytest_args: list[str]) -> int:
@@ -110,8 +130,8 @@ def main(layout: Layout, pytest_args: list[str]) -> int:
            "-n", str(WORKERS), "--dist", "loadfile"]
     if layout.qemu_src is not None:
         cmd.append(f"--qemu-src={layout.qemu_src}")
+    cmd.append(f"--sanitized-status={background.status}")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    env[SANITIZED_STATUS] = str(background.status)
     try:
         code = subprocess.run([*cmd, *extra], cwd=REPO, env=env, check=False,
                               preexec_fn=die_with_parent()).returncode
