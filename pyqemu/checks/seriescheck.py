@@ -29,7 +29,7 @@ from ..paths import Layout
 from ..tree import series, stock
 from ..tree.git import sync_clone
 from ..util.proc import run
-from .upstream import EXPECTED_NOT_RUN, run_iotests, run_tap
+from .upstream import judge, run_iotests, run_tap
 
 SUBJECT = re.compile(r"^\[PATCH[^\]]*\] ([A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*"
                      r"(?:, ?[A-Za-z0-9_.+/-]+)*): \S")
@@ -160,15 +160,12 @@ def _iotests(layout: Layout, tests: tuple[str, ...]) -> str:
     verdicts, log = run_iotests(layout, FLAVOUR, tests)
     bad = []
     for test in tests:
-        v = verdicts.get(test)
-        if v is None:
+        problem = judge(layout, FLAVOUR, test, verdicts.get(test))
+        if problem and test not in verdicts:
             last = log.strip().splitlines()[-1:] or ["no output"]
-            bad.append(f"{test}: no verdict ({last[0][:200]})")
-        elif v.status == "not run" and \
-                EXPECTED_NOT_RUN.get(test, "\0") not in v.detail:
-            bad.append(f"{test}: not run ({v.detail})")
-        elif v.status == "fail":
-            bad.append(f"{test}: fail")
+            problem += f" ({last[0][:200]})"
+        if problem:
+            bad.append(problem)
     return "; ".join(bad)
 
 
