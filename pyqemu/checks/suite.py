@@ -110,7 +110,7 @@ def sanitizers(binary: Path) -> list[str]:
 
 
 def main(layout: Layout, pytest_args: list[str]) -> int:
-    missing = [m for m in ("pytest", "xdist", "hypothesis")
+    missing = [m for m in ("pytest", "xdist", "hypothesis", "ruff", "mypy")
                if importlib.util.find_spec(m) is None]
     if missing:
         # ./run installs them for "test"; python -m pyqemu does not
