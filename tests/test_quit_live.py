@@ -26,6 +26,8 @@ from pyqemu.util.units import KiB, MiB, TiB
 pytestmark = pytest.mark.usefixtures("sanitized")
 
 ROUNDS = 6
+#: non-zero chunks per bitmap (a chunk covers 512 MiB at 64 KiB)
+CHUNKS = 256
 BITMAPS = tuple(Bitmap(f"bm{i}", 64 * KiB) for i in range(8))
 
 
@@ -39,14 +41,23 @@ def live_migration(layout: Layout, workdir: Path, n: int) -> tuple[VM, VM]:
 
 
 def start(src: VM, dst: VM, workdir: Path, n: int) -> None:
-    """A live migration, once the source is inside the bitmap code."""
+    """A live migration, once the source is inside the bitmap code.
+
+    It must not be able to finish before the quit: a migration that
+    completed first would test nothing (the destination would run the
+    guest), and with 64 dirty chunks per bitmap one did, 0.1 s after the
+    wait below ended.  So the source pauses before the switchover, and
+    the bitmaps carry 256 non-zero chunks each, a bulk phase that goes
+    on for a few tenths of a second at 8 MiB/s after the first 64 KiB."""
     src.add_bitmaps()
-    for i in range(64):          # dirty chunks all over the disk
-        src.write("disk0", i * (TiB // 4), 64 * KiB)
+    for i in range(CHUNKS):      # one write per chunk, all over the disk
+        src.write("disk0", i * (16 * TiB // CHUNKS), 64 * KiB)
     uri = f"unix:{workdir}/mig{n}.sock"
     migration.start(src, dst, uri,
-                    {"dirty-bitmaps": True, "dirty-bitmaps-live": True},
-                    {"max-bandwidth": 8 * MiB})
+                    {"dirty-bitmaps": True, "dirty-bitmaps-live": True,
+                     "pause-before-switchover": True},
+                    {"max-bandwidth": 8 * MiB},
+                    dst_caps={"dirty-bitmaps": True})
     until(lambda: migration.query(src).get("dirty-bitmaps", {}).get(
         "transferred", 0), lambda sent: sent >= 64 * KiB, 60,
         "bitmap bytes sent")
