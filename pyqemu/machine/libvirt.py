@@ -1,5 +1,9 @@
 """Two private libvirt "hosts" on one machine, for ``virsh migrate``.
 
+Needs root and the packages of :data:`pyqemu.build.deps.LIBVIRT` (with
+the ``libvirt-qemu`` user), which ``./run test`` and ``./run check
+libvirt`` install; here a missing one is an error naming those commands.
+
 Each host is a network namespace (the two joined by a veth pair, see
 :class:`pyqemu.machine.netns.Link`) plus a mount and UTS namespace in
 which private directories are bind-mounted over /etc/libvirt,
@@ -110,22 +114,6 @@ class LibvirtError(PyqemuError):
 def tail(text: str, lines: int = 15) -> str:
     """The end of a log or stderr: where daemons and tools say why."""
     return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def ensure_installed() -> None:
-    """Install the Debian packages, and the ``libvirt-qemu`` user.
-
-    libvirt's QEMU driver resolves its compiled-in default user
-    (``libvirt-qemu``) before it reads qemu.conf, and fails to start when
-    the user is missing; ``libvirt-daemon-system`` would create it, but we
-    do not install that package.  A system user is not libvirt
-    configuration, so creating it is harmless to the machine's libvirt.
-    """
-    deps.ensure(deps.LIBVIRT)
-    if run(["getent", "passwd", "libvirt-qemu"], check=False).returncode:
-        run(["useradd", "--system", "--user-group", "--no-create-home",
-             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-             "libvirt-qemu"], what="create the libvirt-qemu user")
 
 
 def sweep() -> list[str]:
@@ -357,7 +345,7 @@ class Hosts:
         try:
             if os.geteuid() != 0:
                 raise LibvirtError("libvirt hosts need root (namespaces)")
-            ensure_installed()
+            deps.require(deps.LIBVIRT)
             sweep()
             self.shared.mkdir()
             self.bindir.mkdir()

@@ -3,9 +3,9 @@
 The boot-sector writer (:mod:`pyqemu.machine.guest`) is fast, but it drives IDE
 from real mode; users run Linux with virtio-blk served by an iothread,
 where bitmaps are dirtied from another thread than the vCPU's.  This module
-boots Debian's own kernel (package ``linux-image-amd64``, installed through
-:mod:`pyqemu.build.deps`) under TCG on ``-machine q35`` with an initramfs the
-project builds itself:
+boots Debian's own kernel (package ``linux-image-amd64``, which the
+``./run`` commands install, see :mod:`pyqemu.build.deps`) under TCG on
+``-machine q35`` with an initramfs the project builds itself:
 
 * ``busybox-static`` for the init script (``/init``);
 * the virtio modules the Debian kernel does not build in, with their
@@ -121,12 +121,15 @@ def _version_key(version: str) -> list[int]:
 
 
 def kernel() -> Kernel:
-    """The newest installed Debian kernel (installing it if there is none).
+    """The newest installed Debian kernel.
 
     The machine's running kernel is irrelevant: the guest boots whatever
     ``linux-image-amd64`` installed into /boot, with its own modules.
+    The packages are the ``./run`` commands' to install (see
+    :data:`pyqemu.build.deps.LINUX_GUEST`); here a missing one is an error
+    that names the command.
     """
-    deps.ensure(deps.LINUX_GUEST)
+    deps.require(deps.LINUX_GUEST)
     found = []
     for vmlinuz in Path("/boot").glob("vmlinuz-*"):
         version = vmlinuz.name.removeprefix("vmlinuz-")

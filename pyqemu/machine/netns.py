@@ -5,8 +5,9 @@ Everything is created with unique names and addresses from a private
 range, and removed on exit, whatever happened: the processes still inside
 the namespaces are killed first, and namespaces left by a pyqemu that
 died (``pq-<pid>-...`` of a pid that is gone) are swept on the next
-start.  Needs root (CI is root).  The kernel has tbf (no netem), so the
-link gets a token-bucket rate limit.
+start.  Needs root (CI is root) and the packages of
+:data:`pyqemu.build.deps.NETNS`, which the ``./run`` commands install.  The
+kernel has tbf (no netem), so the link gets a token-bucket rate limit.
 
 TCP gives up on an unreachable peer only after ``tcp_retries2``
 retransmissions (15 by default: many minutes).  Both namespaces get a
@@ -138,9 +139,9 @@ class Link:
             "port": str(port), **KEEPALIVE}}]
 
     def __enter__(self) -> "Link":
-        deps.ensure(("iproute2",))
         if os.geteuid() != 0:
             raise NetnsError("network namespaces need root")
+        deps.require(deps.NETNS)
         sweep_stale()
         try:
             for side in "ab":
