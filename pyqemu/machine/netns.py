@@ -18,6 +18,7 @@ socket for the same (:meth:`Link.channels`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -118,6 +119,9 @@ class Link:
 
     rate: str | None = "100mbit"
     tag: str = field(default_factory=lambda: f"{random.randrange(1 << 16):04x}")
+    #: what __exit__ undoes: set by __enter__
+    _cleanup: contextlib.ExitStack = field(
+        default_factory=contextlib.ExitStack, init=False, repr=False)
 
     def __post_init__(self) -> None:
         octet = random.randrange(1, 250)
@@ -143,9 +147,12 @@ class Link:
             raise NetnsError("network namespaces need root")
         deps.require(deps.NETNS)
         sweep_stale()
-        try:
+        # each namespace is removed on exit (or on a failure half-way)
+        # once it exists; removing it takes its veth end with it
+        with contextlib.ExitStack() as stack:
             for side in "ab":
                 _ip("netns", "add", self.ns[side])
+                stack.callback(remove, self.ns[side])
             _ip("link", "add", self.dev["a"], "netns", self.ns["a"], "type",
                 "veth", "peer", "name", self.dev["b"], "netns", self.ns["b"])
             for side in "ab":
@@ -160,9 +167,7 @@ class Link:
                     run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root",
                          "tbf", "rate", self.rate, "burst", "64kb",
                          "latency", "200ms"])
-        except BaseException:
-            self.__exit__()
-            raise
+            self._cleanup = stack.pop_all()
         return self
 
     def cut(self) -> None:
@@ -176,5 +181,4 @@ class Link:
               lambda out: "LOWER_UP" in out, 5, f"{self.dev['a']} carrier")
 
     def __exit__(self, *exc: object) -> None:
-        for side in "ab":
-            remove(self.ns[side])
+        self._cleanup.close()
