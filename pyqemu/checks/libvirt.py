@@ -17,7 +17,8 @@ the same steps run (each timed; a failure names the step, the command and
 its stderr tail):
 
 1. define and start a TCG domain whose boot sector writes to a 4 TiB
-   sparse qcow2 IDE disk forever (tests/guest/writer.S, non-zero data);
+   sparse qcow2 IDE disk forever (tests/guest/writer.S; every sector
+   carries its LBA and the number of the write);
 2. ``virsh checkpoint-create-as``: what libvirt creates in QEMU is
    recorded, then the checkpoint is deleted again, because virtnbdbackup
    refuses a chain with checkpoints it did not create ("foreign");
@@ -30,8 +31,11 @@ its stderr tail):
    redefines checkpoint virtnbdbackup.0 from its backup directory: libvirt
    does not migrate checkpoint metadata);
 6. ``virsh destroy``, ``virtnbdrestore`` of the chain, ``qemu-img compare``
-   with the disk.  A control restores the full backup alone, which must
-   differ from the disk: proof that the comparison can fail.
+   with the disk.  Two controls prove that the comparison can fail: the
+   full backup restored alone must differ from the disk (blocks missing),
+   and so must the restored chain with one written block copied over
+   another (a block at the wrong place, which a guest writing the same
+   data everywhere could not show).
 
 Every patched domain gets ``dirty-bitmaps-live`` the way an unmodified
 libvirt allows: ``-global migration.x-dirty-bitmaps-live=on`` in
@@ -62,7 +66,7 @@ from xml.sax.saxutils import escape
 from ..bench import results as bench_results
 from ..build.driver import binary, build
 from ..errors import PyqemuError
-from ..machine import guest
+from ..machine import guest, images
 from ..machine.libvirt import Host, Hosts, LibvirtError, tail
 from ..paths import Layout
 from ..report.table import markdown_table
@@ -71,9 +75,10 @@ from ..util.units import KiB, TiB, fmt_bytes
 from .backup import compare
 
 DISK_SIZE = 4 * TiB
-#: non-zero sectors: a block lost from the backup chain cannot read back
-#: as equal zeros
-WRITER = guest.WriterConfig(data=0x7c00)
+#: Every sector the guest writes carries its LBA and the write's number:
+#: a block lost from the backup chain cannot read back as equal zeros, and
+#: one restored at the wrong place or from an older write differs too.
+WRITER = guest.WriterConfig(stamp=True)
 STORAGES = ("shared", "copy")
 #: writes the guest makes between steps (one serial report per 16)
 WRITES_BETWEEN = 64
@@ -218,7 +223,8 @@ class Result:
     redefined: bool = False         # virtnbdbackup redefined them
     sizes: dict[str, int] = field(default_factory=dict)
     restored_equal: bool | None = None
-    control_differs: bool | None = None
+    control_differs: bool | None = None     # the full backup alone
+    misplaced_differs: bool | None = None   # a block at the wrong place
     error: str = ""
 
     @property
@@ -234,7 +240,8 @@ class Result:
         if not self.converged and self.flavour == "stock" and not self.error:
             return True
         return (not self.error and self.restored_equal is True
-                and self.control_differs is True)
+                and self.control_differs is True
+                and self.misplaced_differs is True)
 
 
 @contextlib.contextmanager
@@ -390,6 +397,7 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
         raise ValueError(f"unknown storage {storage!r}; known: {STORAGES}")
     r = Result(flavour, storage)
     qemu_img = binary(layout, "qemu-img", flavour)
+    qemu_io = binary(layout, "qemu-io", flavour)
     dom = f"pqlv-{flavour}-{storage}"
     base = hosts.shared / dom
     base.mkdir()
@@ -503,6 +511,13 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
                            "backup alone")
         r.control_differs = compare(layout, flavour, control,
                                     disk) != "identical"
+        # write 1's block copied over write 0's: both were written before
+        # the full backup, so both are in every restored image
+        moved = images.misplace(qemu_img, qemu_io, restored,
+                                base / "misplaced", WRITER.lba(1),
+                                WRITER.lba(0), WRITER.sectors)
+        r.misplaced_differs = compare(layout, flavour, moved,
+                                      disk) != "identical"
         fulls = list(backup.glob("hdb.full.data"))
         incs = list(backup.glob("hdb.inc.*.data"))
         r.sizes = {"disk": _du(disk),
@@ -603,13 +618,14 @@ def report(check: Check) -> str:
             travel(r) if r.converged and r.caps_sent else "-",
             f"{r.writes.get('migrate end', 0) - r.writes.get('migrate start', 0)}",
             fmt_bytes(r.sizes.get("full")), fmt_bytes(r.sizes.get("inc")),
-            _yes(r.restored_equal), _yes(r.control_differs)))
+            _yes(r.restored_equal), _yes(r.control_differs),
+            _yes(r.misplaced_differs)))
     out.append("")
     out.append(markdown_table(
         ("QEMU", "storage", "virsh migrate s", "downtime ms",
          "w/o network ms", "caps libvirt set", "bitmap travelled",
          "writes during", "full backup", "inc backup", "restored == disk",
-         "full alone != disk"), rows))
+         "full alone != disk", "block moved != disk"), rows))
     out.append("")
     for r in check.results:
         head = f"{r.flavour}/{r.storage}:"
@@ -663,7 +679,7 @@ def report(check: Check) -> str:
     if check.ok:
         out.append(f"restored disk equals the disk: yes ({equal}/"
                    f"{len(migrated)} migrated scenarios, each full backup "
-                   f"alone differs{why})")
+                   f"alone and each with a block moved differs{why})")
     else:
         out.append(f"restored disk equals the disk: NO (equal in {equal}/"
                    f"{len(migrated)} migrated scenarios{why}; see the "
