@@ -57,22 +57,29 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
-from xml.etree import ElementTree
-from xml.sax.saxutils import escape
+from typing import Any
 
 from ..bench import results as bench_results
 from ..build.driver import binary, build
 from ..errors import PyqemuError
 from ..machine import guest, images
-from ..machine.libvirt import Host, Hosts, LibvirtError, tail
+from ..machine.libvirt import (
+    DiskSpec,
+    DomainSpec,
+    Host,
+    Hosts,
+    LibvirtError,
+    checkpoint_disks,
+    default_machine,
+    tail,
+)
 from ..paths import Layout
 from ..report.table import markdown_table
 from ..util.proc import run
 from ..util.units import KiB, TiB, fmt_bytes
-from .backup import compare
 
 DISK_SIZE = 4 * TiB
 #: Every sector the guest writes carries its LBA and the write's number:
@@ -146,57 +153,20 @@ def domcapabilities(host: Host, p: Probe) -> str:
     out = host.virsh(f"domcapabilities of {p.flavour} QEMU",
                      "domcapabilities", "--emulatorbin", str(p.binary),
                      "--virttype", "qemu", "--arch", "x86_64")
-    m = re.search(r"<machine>([^<]+)</machine>", out)
-    return m.group(1) if m else "accepted"
+    return default_machine(out) or "accepted"
 
 
 # -- the domain -----------------------------------------------------------
 
-def domain_xml(name: str, emulator: Path, boot: str, disk: str, serial: Path,
-               qemu_args: tuple[str, ...] = ()) -> str:
-    """A TCG domain our reduced QEMU build can run.
-
-    * ``<acpi/>``: without it libvirt 9.0 passes ``-no-acpi``, which QEMU
-      10 no longer has (removed in 9.2; ``-machine acpi=off`` replaced it).
-    * no USB controller, video, graphics, NIC or balloon: the build has
-      none of those devices.
-    * ``cache='none'``: what libvirt wants for migration on shared storage.
-    """
-    cmdline = ""
-    if qemu_args:
-        cmdline = "  <qemu:commandline>\n" + "".join(
-            f"    <qemu:arg value='{escape(a)}'/>\n" for a in qemu_args) + \
-            "  </qemu:commandline>\n"
-    return f"""<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <features><acpi/></features>
-  <clock offset='utc'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>{escape(str(emulator))}</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw' cache='none'/>
-      <source file='{escape(boot)}'/>
-      <target dev='hda' bus='ide'/>
-    </disk>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' cache='none'/>
-      <source file='{escape(disk)}'/>
-      <target dev='hdb' bus='ide'/>
-    </disk>
-    <controller type='usb' model='none'/>
-    <serial type='file'>
-      <source path='{escape(str(serial))}' append='on'/>
-      <target port='0'/>
-    </serial>
-    <memballoon model='none'/>
-  </devices>
-{cmdline}</domain>
-"""
+def domain(name: str, emulator: Path, inside: str, serial: Path,
+           qemu_args: tuple[str, ...] = ()) -> DomainSpec:
+    """The writer guest as a libvirt domain: its boot sector (raw, hda)
+    and the disk it writes (qcow2, hdb), both in the directory *inside*
+    (a path as the hosts see it)."""
+    return DomainSpec(name, emulator,
+                      (DiskSpec(f"{inside}/boot.img", "hda", "raw"),
+                       DiskSpec(f"{inside}/disk.qcow2", "hdb", "qcow2")),
+                      serial, qemu_args=qemu_args)
 
 
 # -- results --------------------------------------------------------------
@@ -297,37 +267,15 @@ def _jobinfo(host: Host, dom: str) -> dict[str, str]:
     return info
 
 
-_MSG = re.compile(r"QEMU_MONITOR_SEND_MSG: mon=\S+ msg=(\{.*)")
-
-
-def _sent(host: Host, offset: int, command: str) -> list[dict[str, Any]]:
-    """QMP *command*s libvirtd sent since log *offset*: the evidence of
-    what libvirt itself asked QEMU to do."""
-    out = []
-    for line in host.log()[offset:].splitlines():
-        m = _MSG.search(line)
-        if m and f'"{command}"' in m.group(1):
-            out.append(json.JSONDecoder().raw_decode(m.group(1))[0])
-    return out
-
-
-_REPLY = re.compile(r"QEMU_MONITOR_RECV_REPLY: mon=\S+ reply=(\{.*)")
-
-
-def _bitmap_stats(host: Host, offset: int) -> dict[str, Any]:
+def _bitmap_stats(host: Host, since: int) -> dict[str, Any]:
     """The patched QEMU's ``query-migrate`` ``dirty-bitmaps`` statistics
-    from the last reply libvirt received (libvirt polls query-migrate
-    itself), with the migration status; empty with stock QEMU."""
-    stats: dict[str, Any] = {}
-    for line in host.log()[offset:].splitlines():
-        m = _REPLY.search(line)
-        if not m or '"dirty-bitmaps": {' not in m.group(1):
-            continue
-        ret = json.JSONDecoder().raw_decode(m.group(1))[0].get("return")
-        if isinstance(ret, dict) and isinstance(ret.get("dirty-bitmaps"),
-                                                dict):
-            stats = dict(ret["dirty-bitmaps"], status=ret.get("status"))
-    return stats
+    from the last reply libvirt received since log mark *since* (libvirt
+    polls query-migrate itself), with the migration status; empty with
+    stock QEMU."""
+    ret = host.monitor_log(since).last_return_with("dirty-bitmaps")
+    if ret is None or not isinstance(ret["dirty-bitmaps"], dict):
+        return {}
+    return dict(ret["dirty-bitmaps"], status=ret.get("status"))
 
 
 def _du(path: Path) -> int:
@@ -425,8 +373,7 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
                      d / "disk.qcow2", str(DISK_SIZE)],
                     what="create the 4 TiB qcow2")
         xml = base / "domain.xml"
-        xml.write_text(domain_xml(dom, p.binary, f"{inside}/boot.img",
-                                  f"{inside}/disk.qcow2", serial, qemu_args))
+        xml.write_text(domain(dom, p.binary, inside, serial, qemu_args).xml())
         with _step(r, "define + start"):
             a.virsh("define", "define", str(xml))
             a.virsh("start", "start", dom)
@@ -437,12 +384,11 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
             a.virsh("checkpoint-create-as", "checkpoint-create-as", dom,
                     "pq-manual", "--diskspec", "hda,checkpoint=no",
                     "--diskspec", "hdb,checkpoint=bitmap")
-            cxml = ElementTree.fromstring(a.virsh(
+            disks = checkpoint_disks(a.virsh(
                 "checkpoint-dumpxml", "checkpoint-dumpxml", dom, "pq-manual"))
             r.checkpoint = "; ".join(
-                f"{d.get('name')}: {d.get('checkpoint')} "
-                f"{d.get('bitmap') or ''}".strip()
-                for d in cxml.findall("./disks/disk")) + " -> in QEMU: " + \
+                f"{d.name}: {d.checkpoint} {d.bitmap or ''}".strip()
+                for d in disks) + " -> in QEMU: " + \
                 _bitmaps(a, dom, "bitmaps of the checkpoint")
             a.virsh("checkpoint-delete", "checkpoint-delete", dom,
                     "pq-manual")
@@ -454,7 +400,7 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
             serial, guest.progress(serial) + WRITES_BETWEEN, 120)
 
         r.live_on = _live_on(a, dom)
-        offset = len(a.log())
+        mark = a.log_mark()
         flags = ["--live", "--persistent", "--undefinesource"]
         flags += ["--copy-storage-all"] if storage == "copy" else []
         r.writes["migrate start"] = guest.progress(serial)
@@ -473,14 +419,15 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
                                    f"exit {rc}: {tail(err)}")
         r.writes["migrate end"] = guest.progress(serial)
         r.jobinfo = _jobinfo(b, dom)
-        sets = _sent(a, offset, "migrate-set-capabilities")
+        qmp = a.monitor_log(mark)
+        sets = qmp.sent("migrate-set-capabilities")
         if sets:
             caps = sets[-1]["arguments"]["capabilities"]
             r.caps_sent = tuple(c["capability"] for c in caps)
             r.caps_enabled = tuple(c["capability"] for c in caps
                                    if c["state"])
-        r.bitmap_stats = _bitmap_stats(a, offset)
-        for s in _sent(a, offset, "migrate-set-parameters"):
+        r.bitmap_stats = _bitmap_stats(a, mark)
+        for s in qmp.sent("migrate-set-parameters"):
             r.mapping += s["arguments"].get("block-bitmap-mapping", [])
         r.dst_bitmaps = _bitmaps(b, dom, "bitmaps on the destination")
         r.dst_checkpoints = b.virsh("checkpoints on the destination",
@@ -504,20 +451,20 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
             restored = _restore(b, backup, base / "restore", None,
                                 "virtnbdrestore of the chain")
         with _step(r, "qemu-img compare"):
-            r.restored_equal = compare(layout, flavour, restored,
-                                       disk) == "identical"
+            r.restored_equal = images.compare(qemu_img, restored,
+                                              disk) == "identical"
         control = _restore(b, backup, base / "control",
                            "virtnbdbackup.0", "virtnbdrestore of the full "
                            "backup alone")
-        r.control_differs = compare(layout, flavour, control,
-                                    disk) != "identical"
+        r.control_differs = images.compare(qemu_img, control,
+                                           disk) != "identical"
         # write 1's block copied over write 0's: both were written before
         # the full backup, so both are in every restored image
         moved = images.misplace(qemu_img, qemu_io, restored,
                                 base / "misplaced", WRITER.lba(1),
                                 WRITER.lba(0), WRITER.sectors)
-        r.misplaced_differs = compare(layout, flavour, moved,
-                                      disk) != "identical"
+        r.misplaced_differs = images.compare(qemu_img, moved,
+                                             disk) != "identical"
         fulls = list(backup.glob("hdb.full.data"))
         incs = list(backup.glob("hdb.inc.*.data"))
         r.sizes = {"disk": _du(disk),
