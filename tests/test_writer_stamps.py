@@ -19,6 +19,8 @@ wrapping around it so that blocks are written twice, and
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from pyqemu.build.driver import binary
 from pyqemu.machine import guest, images
 from pyqemu.machine.vm import VM, Disk
 from pyqemu.paths import Layout
+from pyqemu.util.poll import PollTimeout
 from pyqemu.util.proc import run
 from pyqemu.util.units import MiB
 
@@ -120,3 +123,24 @@ def test_a_misplaced_or_stale_block_fails_the_comparison(
                      for k in range(WRITER.sectors))
     assert images.compare(qemu_img, put("stale", stale, dst),
                           disk).startswith("differ")
+
+
+def test_wait_closed_waits_for_the_last_holder(workdir: Path) -> None:
+    """What the libvirt check does after virtnbdrestore, whose qemu-nbd
+    may still hold the restored image when the tool returns."""
+    image = workdir / "image"
+    image.write_bytes(b"x")
+    with image.open("rb") as f:
+        holder = subprocess.Popen(["sleep", "1"], stdin=f)
+    try:
+        assert images.holders(image) == [holder.pid]
+        start = time.monotonic()
+        images.wait_closed(image, timeout=30)
+        assert time.monotonic() - start >= 0.5
+        assert holder.poll() is not None
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(PollTimeout, match="holding"):
+        with image.open("rb") as f:
+            images.wait_closed(image, timeout=0.2)

@@ -286,12 +286,12 @@ def _du(path: Path) -> int:
                if p.is_file())
 
 
-def _restore(host: Host, images: Path, out: Path, until: str | None,
+def _restore(host: Host, backup_dir: Path, out: Path, until: str | None,
              step: str) -> Path:
     """virtnbdrestore of disk hdb into *out*; the restored image.  It runs
     on a host because virtnbdrestore always connects to libvirt."""
     out.mkdir()
-    argv = ["virtnbdrestore", "-n", "-d", "hdb", "-i", str(images),
+    argv = ["virtnbdrestore", "-n", "-d", "hdb", "-i", str(backup_dir),
             "-o", str(out), "-L", str(out / "restore.log"),
             "-f", str(out / "nbd.sock")]
     if until:
@@ -302,6 +302,7 @@ def _restore(host: Host, images: Path, out: Path, until: str | None,
     if len(got) != 1:
         raise LibvirtError(f"{step}: expected one restored image in {out}, "
                            f"found {sorted(got)}")
+    images.wait_closed(got[0])
     return got[0]
 
 

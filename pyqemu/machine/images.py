@@ -9,12 +9,46 @@ test's ``qemu-img`` and ``qemu-io``, given by path.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..errors import CommandError
+from ..util.poll import until
 from ..util.proc import run
 
 SECTOR = 512
+
+
+def holders(image: Path) -> list[int]:
+    """Pids of the processes that have *image* open (in any mount
+    namespace: the file is matched by device and inode, not by path)."""
+    want = image.stat()
+    out = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:         # gone, or not ours to look at
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(fd)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+                out.append(int(fd_dir.parent.name))
+                break
+    return out
+
+
+def wait_closed(image: Path, timeout: float = 60) -> None:
+    """Wait until no process has *image* open.
+
+    virtnbdrestore writes through a qemu-nbd it daemonizes, and ends it
+    with SIGTERM without waiting: it returns while qemu-nbd may still hold
+    the image and its lock, and a ``qemu-img compare`` right after fails
+    ("Failed to get shared "write" lock"; seen under load)."""
+    until(lambda: holders(image), lambda pids: not pids, timeout,
+          f"the processes holding {image} to close it")
 
 
 def compare(qemu_img: Path, a: Path, b: Path) -> str:
