@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .build import deps
 from .errors import PyqemuError
 from .log import info
 from .paths import BINARIES, SANITIZED, Layout, layout_for
@@ -109,7 +110,8 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--qemu-src", type=Path, metavar="DIR",
                        help="your own QEMU git checkout instead of the pinned "
                             "Debian tarball (its HEAD is used, never modified)")
-        p.set_defaults(func=func)
+        # "check libvirt" for ``pyqemu check libvirt``: its deps.COMMANDS key
+        p.set_defaults(func=func, needs=p.prog.split(" ", 1)[1])
         return p
 
     p = command(sub, "build", cmd_build, "build stock and/or patched QEMU + shim "
@@ -197,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     layout = layout_for(args.qemu_src)
     try:
+        # every command installs what it needs before anything else
+        deps.ensure_for(args.needs)
         return int(args.func(args, layout) or 0)
     except KeyboardInterrupt:
         return 130

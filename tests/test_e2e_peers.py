@@ -23,15 +23,14 @@ from pyqemu.util.units import GiB, KiB, MiB, TiB
 
 MACHINE = "pc-i440fx-7.2"
 BITMAPS = (Bitmap("bm-4k", 4 * KiB), Bitmap("bm-64k", 64 * KiB))
-#: Debian's package for the 7.2 peer, and where it puts the emulator
-PACKAGE = "qemu-system-x86"
+#: where Debian's package for the 7.2 peer (deps.PEERS) puts the emulator
 DEBIAN_QEMU = Path("/usr/bin/qemu-system-x86_64")
 
 
 @pytest.fixture(scope="module")
 def qemu72() -> Path:
-    """Debian's QEMU 7.2, installed by the project like any dependency."""
-    deps.ensure((PACKAGE,))
+    """Debian's QEMU 7.2, which ``./run test`` installs like any dependency."""
+    deps.require(deps.PEERS)
     out = subprocess.run([str(DEBIAN_QEMU), "--version"], capture_output=True,
                          text=True, check=True).stdout
     assert re.search(r"version 7\.2\.", out), out

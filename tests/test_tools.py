@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pyqemu import cli
-from pyqemu.build import deps, driver
+from pyqemu.build import driver
 from pyqemu.errors import CommandError
 from pyqemu.machine import netns
 from pyqemu.machine.netns import Link
@@ -151,32 +151,6 @@ def test_link_exit_kills_what_runs_inside_and_sweeps_stale_namespaces():
               lambda out: str(inside.pid) in out, 5, "sleep in the namespace")
     assert inside.wait(timeout=5) == -signal.SIGKILL
     assert not any((netns.NETNS_DIR / n).exists() for n in link.ns.values())
-
-
-def test_package_install_waits_for_a_held_apt_lock(workdir):
-    """Another apt-get holding the lock makes ensure() wait, not fail:
-    held() sees the lock of another process (without taking it), and
-    wait_for_locks() returns once it is released, or names what it
-    waited for."""
-    lock = workdir / "lock-frontend"
-    lock.touch()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time\n"
-         f"f = open({str(lock)!r}, 'w'); fcntl.lockf(f, fcntl.LOCK_EX)\n"
-         "print('held', flush=True); sys.stdin.readline()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdin is not None
-        assert holder.stdout.readline() == "held\n"
-        assert deps.held([str(lock), str(workdir / "absent")]) == [str(lock)]
-        with pytest.raises(PollTimeout, match="apt/dpkg locks"):
-            deps.wait_for_locks([str(lock)], timeout=0.5)
-        holder.stdin.close()            # the holder exits: lock released
-        deps.wait_for_locks([str(lock)], timeout=10)
-        assert deps.held([str(lock)]) == []
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def _fake_builddir(d: Path, command: str) -> Path:

@@ -132,7 +132,7 @@ def serial_table(layout: Layout, quick: bool) -> tuple[str, list[dict]]:
 
 
 def main(layout: Layout, quick: bool = False) -> int:
-    deps.ensure(deps.TEST)
+    deps.require(deps.CALLGRIND)
     meta_md, meta_data = meta_overhead(layout)
     serial_md, serial_data = serial_table(layout, quick)
     md = ("hbitmap_set, 1 TiB bitmap at 64 KiB granularity, meta bitmap with "

@@ -123,7 +123,7 @@ def build(layout: Layout,
           flavours: tuple[str, ...] = FLAVOURS) -> list[BuildResult]:
     """Build the given flavours of *layout* (stock before patched) and the
     shim."""
-    deps.ensure(deps.BUILD + deps.FIRMWARE)
+    deps.require(deps.BUILD + deps.FIRMWARE)
     order = [f for f in FLAVOURS + (SANITIZED,) if f in flavours]
     builddirs = {f: _setup(layout, f) for f in order}
     results = []

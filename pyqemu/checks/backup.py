@@ -42,9 +42,9 @@ from typing import Any
 from qemu.qmp import ExecuteError
 
 from ..build.driver import build
-from ..errors import CommandError, PyqemuError
+from ..errors import PyqemuError
 from ..log import info
-from ..machine import linuxguest, migration
+from ..machine import images, linuxguest, migration
 from ..machine.linuxguest import WriterConfig
 from ..machine.vm import VM, Pair
 from ..paths import Layout
@@ -168,17 +168,8 @@ def allocated_clusters(layout: Layout, flavour: str, image: Path) -> set[int]:
 
 
 def compare(layout: Layout, flavour: str, a: Path, b: Path) -> str:
-    """'identical', or what qemu-img compare said (a difference is the
-    check's result, not an error); an image qemu-img cannot read raises
-    CommandError, so that it never passes for a difference."""
-    res = run_command([layout.binary("qemu-img", flavour), "compare", "-f",
-                       "qcow2", "-F", "qcow2", a, b], check=False)
-    if res.returncode == 0:
-        return "identical"
-    if res.returncode != 1:     # 2: qemu-img could not read them at all
-        raise CommandError(res.args, res.returncode, res.stderr or res.stdout,
-                           "qemu-img compare")
-    return f"differ: {(res.stdout + res.stderr).strip()}"
+    """:func:`pyqemu.machine.images.compare` with *flavour*'s qemu-img."""
+    return images.compare(layout.binary("qemu-img", flavour), a, b)
 
 
 def assert_running(vm: VM) -> None:

@@ -17,7 +17,8 @@ the same steps run (each timed; a failure names the step, the command and
 its stderr tail):
 
 1. define and start a TCG domain whose boot sector writes to a 4 TiB
-   sparse qcow2 IDE disk forever (tests/guest/writer.S, non-zero data);
+   sparse qcow2 IDE disk forever (tests/guest/writer.S; every sector
+   carries its LBA and the number of the write);
 2. ``virsh checkpoint-create-as``: what libvirt creates in QEMU is
    recorded, then the checkpoint is deleted again, because virtnbdbackup
    refuses a chain with checkpoints it did not create ("foreign");
@@ -30,8 +31,11 @@ its stderr tail):
    redefines checkpoint virtnbdbackup.0 from its backup directory: libvirt
    does not migrate checkpoint metadata);
 6. ``virsh destroy``, ``virtnbdrestore`` of the chain, ``qemu-img compare``
-   with the disk.  A control restores the full backup alone, which must
-   differ from the disk: proof that the comparison can fail.
+   with the disk.  Two controls prove that the comparison can fail: the
+   full backup restored alone must differ from the disk (blocks missing),
+   and so must the restored chain with one written block copied over
+   another (a block at the wrong place, which a guest writing the same
+   data everywhere could not show).
 
 Every patched domain gets ``dirty-bitmaps-live`` the way an unmodified
 libvirt allows: ``-global migration.x-dirty-bitmaps-live=on`` in
@@ -53,27 +57,35 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
-from xml.etree import ElementTree
-from xml.sax.saxutils import escape
+from typing import Any
 
 from ..build.driver import build
 from ..errors import PyqemuError
-from ..machine import guest
-from ..machine.libvirt import Host, Hosts, LibvirtError, tail
+from ..machine import guest, images
+from ..machine.libvirt import (
+    DiskSpec,
+    DomainSpec,
+    Host,
+    Hosts,
+    LibvirtError,
+    checkpoint_disks,
+    default_machine,
+    tail,
+)
 from ..paths import Layout
 from ..util.proc import run
 from ..util.results import save
 from ..util.table import markdown_table
 from ..util.units import KiB, TiB, fmt_bytes
-from .backup import compare
 
 DISK_SIZE = 4 * TiB
-#: non-zero sectors: a block lost from the backup chain cannot read back
-#: as equal zeros
-WRITER = guest.WriterConfig(data=0x7c00)
+#: Every sector the guest writes carries its LBA and the write's number:
+#: a block lost from the backup chain cannot read back as equal zeros, and
+#: one restored at the wrong place or from an older write differs too.
+WRITER = guest.WriterConfig(stamp=True)
 STORAGES = ("shared", "copy")
 #: writes the guest makes between steps (one serial report per 16)
 WRITES_BETWEEN = 64
@@ -141,57 +153,20 @@ def domcapabilities(host: Host, p: Probe) -> str:
     out = host.virsh(f"domcapabilities of {p.flavour} QEMU",
                      "domcapabilities", "--emulatorbin", str(p.binary),
                      "--virttype", "qemu", "--arch", "x86_64")
-    m = re.search(r"<machine>([^<]+)</machine>", out)
-    return m.group(1) if m else "accepted"
+    return default_machine(out) or "accepted"
 
 
 # -- the domain -----------------------------------------------------------
 
-def domain_xml(name: str, emulator: Path, boot: str, disk: str, serial: Path,
-               qemu_args: tuple[str, ...] = ()) -> str:
-    """A TCG domain our reduced QEMU build can run.
-
-    * ``<acpi/>``: without it libvirt 9.0 passes ``-no-acpi``, which QEMU
-      10 no longer has (removed in 9.2; ``-machine acpi=off`` replaced it).
-    * no USB controller, video, graphics, NIC or balloon: the build has
-      none of those devices.
-    * ``cache='none'``: what libvirt wants for migration on shared storage.
-    """
-    cmdline = ""
-    if qemu_args:
-        cmdline = "  <qemu:commandline>\n" + "".join(
-            f"    <qemu:arg value='{escape(a)}'/>\n" for a in qemu_args) + \
-            "  </qemu:commandline>\n"
-    return f"""<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <features><acpi/></features>
-  <clock offset='utc'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>{escape(str(emulator))}</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw' cache='none'/>
-      <source file='{escape(boot)}'/>
-      <target dev='hda' bus='ide'/>
-    </disk>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' cache='none'/>
-      <source file='{escape(disk)}'/>
-      <target dev='hdb' bus='ide'/>
-    </disk>
-    <controller type='usb' model='none'/>
-    <serial type='file'>
-      <source path='{escape(str(serial))}' append='on'/>
-      <target port='0'/>
-    </serial>
-    <memballoon model='none'/>
-  </devices>
-{cmdline}</domain>
-"""
+def domain(name: str, emulator: Path, inside: str, serial: Path,
+           qemu_args: tuple[str, ...] = ()) -> DomainSpec:
+    """The writer guest as a libvirt domain: its boot sector (raw, hda)
+    and the disk it writes (qcow2, hdb), both in the directory *inside*
+    (a path as the hosts see it)."""
+    return DomainSpec(name, emulator,
+                      (DiskSpec(f"{inside}/boot.img", "hda", "raw"),
+                       DiskSpec(f"{inside}/disk.qcow2", "hdb", "qcow2")),
+                      serial, qemu_args=qemu_args)
 
 
 # -- results --------------------------------------------------------------
@@ -218,7 +193,8 @@ class Result:
     redefined: bool = False         # virtnbdbackup redefined them
     sizes: dict[str, int] = field(default_factory=dict)
     restored_equal: bool | None = None
-    control_differs: bool | None = None
+    control_differs: bool | None = None     # the full backup alone
+    misplaced_differs: bool | None = None   # a block at the wrong place
     error: str = ""
 
     @property
@@ -234,7 +210,8 @@ class Result:
         if not self.converged and self.flavour == "stock" and not self.error:
             return True
         return (not self.error and self.restored_equal is True
-                and self.control_differs is True)
+                and self.control_differs is True
+                and self.misplaced_differs is True)
 
 
 @contextlib.contextmanager
@@ -290,37 +267,15 @@ def _jobinfo(host: Host, dom: str) -> dict[str, str]:
     return info
 
 
-_MSG = re.compile(r"QEMU_MONITOR_SEND_MSG: mon=\S+ msg=(\{.*)")
-
-
-def _sent(host: Host, offset: int, command: str) -> list[dict[str, Any]]:
-    """QMP *command*s libvirtd sent since log *offset*: the evidence of
-    what libvirt itself asked QEMU to do."""
-    out = []
-    for line in host.log()[offset:].splitlines():
-        m = _MSG.search(line)
-        if m and f'"{command}"' in m.group(1):
-            out.append(json.JSONDecoder().raw_decode(m.group(1))[0])
-    return out
-
-
-_REPLY = re.compile(r"QEMU_MONITOR_RECV_REPLY: mon=\S+ reply=(\{.*)")
-
-
-def _bitmap_stats(host: Host, offset: int) -> dict[str, Any]:
+def _bitmap_stats(host: Host, since: int) -> dict[str, Any]:
     """The patched QEMU's ``query-migrate`` ``dirty-bitmaps`` statistics
-    from the last reply libvirt received (libvirt polls query-migrate
-    itself), with the migration status; empty with stock QEMU."""
-    stats: dict[str, Any] = {}
-    for line in host.log()[offset:].splitlines():
-        m = _REPLY.search(line)
-        if not m or '"dirty-bitmaps": {' not in m.group(1):
-            continue
-        ret = json.JSONDecoder().raw_decode(m.group(1))[0].get("return")
-        if isinstance(ret, dict) and isinstance(ret.get("dirty-bitmaps"),
-                                                dict):
-            stats = dict(ret["dirty-bitmaps"], status=ret.get("status"))
-    return stats
+    from the last reply libvirt received since log mark *since* (libvirt
+    polls query-migrate itself), with the migration status; empty with
+    stock QEMU."""
+    ret = host.monitor_log(since).last_return_with("dirty-bitmaps")
+    if ret is None or not isinstance(ret["dirty-bitmaps"], dict):
+        return {}
+    return dict(ret["dirty-bitmaps"], status=ret.get("status"))
 
 
 def _du(path: Path) -> int:
@@ -331,12 +286,12 @@ def _du(path: Path) -> int:
                if p.is_file())
 
 
-def _restore(host: Host, images: Path, out: Path, until: str | None,
+def _restore(host: Host, backup_dir: Path, out: Path, until: str | None,
              step: str) -> Path:
     """virtnbdrestore of disk hdb into *out*; the restored image.  It runs
     on a host because virtnbdrestore always connects to libvirt."""
     out.mkdir()
-    argv = ["virtnbdrestore", "-n", "-d", "hdb", "-i", str(images),
+    argv = ["virtnbdrestore", "-n", "-d", "hdb", "-i", str(backup_dir),
             "-o", str(out), "-L", str(out / "restore.log"),
             "-f", str(out / "nbd.sock")]
     if until:
@@ -347,6 +302,7 @@ def _restore(host: Host, images: Path, out: Path, until: str | None,
     if len(got) != 1:
         raise LibvirtError(f"{step}: expected one restored image in {out}, "
                            f"found {sorted(got)}")
+    images.wait_closed(got[0])
     return got[0]
 
 
@@ -390,6 +346,7 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
         raise ValueError(f"unknown storage {storage!r}; known: {STORAGES}")
     r = Result(flavour, storage)
     qemu_img = layout.binary("qemu-img", flavour)
+    qemu_io = layout.binary("qemu-io", flavour)
     dom = f"pqlv-{flavour}-{storage}"
     base = hosts.shared / dom
     base.mkdir()
@@ -417,8 +374,7 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
                      d / "disk.qcow2", str(DISK_SIZE)],
                     what="create the 4 TiB qcow2")
         xml = base / "domain.xml"
-        xml.write_text(domain_xml(dom, p.binary, f"{inside}/boot.img",
-                                  f"{inside}/disk.qcow2", serial, qemu_args))
+        xml.write_text(domain(dom, p.binary, inside, serial, qemu_args).xml())
         with _step(r, "define + start"):
             a.virsh("define", "define", str(xml))
             a.virsh("start", "start", dom)
@@ -429,12 +385,11 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
             a.virsh("checkpoint-create-as", "checkpoint-create-as", dom,
                     "pq-manual", "--diskspec", "hda,checkpoint=no",
                     "--diskspec", "hdb,checkpoint=bitmap")
-            cxml = ElementTree.fromstring(a.virsh(
+            disks = checkpoint_disks(a.virsh(
                 "checkpoint-dumpxml", "checkpoint-dumpxml", dom, "pq-manual"))
             r.checkpoint = "; ".join(
-                f"{d.get('name')}: {d.get('checkpoint')} "
-                f"{d.get('bitmap') or ''}".strip()
-                for d in cxml.findall("./disks/disk")) + " -> in QEMU: " + \
+                f"{d.name}: {d.checkpoint} {d.bitmap or ''}".strip()
+                for d in disks) + " -> in QEMU: " + \
                 _bitmaps(a, dom, "bitmaps of the checkpoint")
             a.virsh("checkpoint-delete", "checkpoint-delete", dom,
                     "pq-manual")
@@ -446,7 +401,7 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
             serial, guest.progress(serial) + WRITES_BETWEEN, 120)
 
         r.live_on = _live_on(a, dom)
-        offset = len(a.log())
+        mark = a.log_mark()
         flags = ["--live", "--persistent", "--undefinesource"]
         flags += ["--copy-storage-all"] if storage == "copy" else []
         r.writes["migrate start"] = guest.progress(serial)
@@ -465,14 +420,15 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
                                    f"exit {rc}: {tail(err)}")
         r.writes["migrate end"] = guest.progress(serial)
         r.jobinfo = _jobinfo(b, dom)
-        sets = _sent(a, offset, "migrate-set-capabilities")
+        qmp = a.monitor_log(mark)
+        sets = qmp.sent("migrate-set-capabilities")
         if sets:
             caps = sets[-1]["arguments"]["capabilities"]
             r.caps_sent = tuple(c["capability"] for c in caps)
             r.caps_enabled = tuple(c["capability"] for c in caps
                                    if c["state"])
-        r.bitmap_stats = _bitmap_stats(a, offset)
-        for s in _sent(a, offset, "migrate-set-parameters"):
+        r.bitmap_stats = _bitmap_stats(a, mark)
+        for s in qmp.sent("migrate-set-parameters"):
             r.mapping += s["arguments"].get("block-bitmap-mapping", [])
         r.dst_bitmaps = _bitmaps(b, dom, "bitmaps on the destination")
         r.dst_checkpoints = b.virsh("checkpoints on the destination",
@@ -496,13 +452,20 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
             restored = _restore(b, backup, base / "restore", None,
                                 "virtnbdrestore of the chain")
         with _step(r, "qemu-img compare"):
-            r.restored_equal = compare(layout, flavour, restored,
-                                       disk) == "identical"
+            r.restored_equal = images.compare(qemu_img, restored,
+                                              disk) == "identical"
         control = _restore(b, backup, base / "control",
                            "virtnbdbackup.0", "virtnbdrestore of the full "
                            "backup alone")
-        r.control_differs = compare(layout, flavour, control,
-                                    disk) != "identical"
+        r.control_differs = images.compare(qemu_img, control,
+                                           disk) != "identical"
+        # write 1's block copied over write 0's: both were written before
+        # the full backup, so both are in every restored image
+        moved = images.misplace(qemu_img, qemu_io, restored,
+                                base / "misplaced", WRITER.lba(1),
+                                WRITER.lba(0), WRITER.sectors)
+        r.misplaced_differs = images.compare(qemu_img, moved,
+                                             disk) != "identical"
         fulls = list(backup.glob("hdb.full.data"))
         incs = list(backup.glob("hdb.inc.*.data"))
         r.sizes = {"disk": _du(disk),
@@ -603,13 +566,14 @@ def report(check: Check) -> str:
             travel(r) if r.converged and r.caps_sent else "-",
             f"{r.writes.get('migrate end', 0) - r.writes.get('migrate start', 0)}",
             fmt_bytes(r.sizes.get("full")), fmt_bytes(r.sizes.get("inc")),
-            _yes(r.restored_equal), _yes(r.control_differs)))
+            _yes(r.restored_equal), _yes(r.control_differs),
+            _yes(r.misplaced_differs)))
     out.append("")
     out.append(markdown_table(
         ("QEMU", "storage", "virsh migrate s", "downtime ms",
          "w/o network ms", "caps libvirt set", "bitmap travelled",
          "writes during", "full backup", "inc backup", "restored == disk",
-         "full alone != disk"), rows))
+         "full alone != disk", "block moved != disk"), rows))
     out.append("")
     for r in check.results:
         head = f"{r.flavour}/{r.storage}:"
@@ -663,7 +627,7 @@ def report(check: Check) -> str:
     if check.ok:
         out.append(f"restored disk equals the disk: yes ({equal}/"
                    f"{len(migrated)} migrated scenarios, each full backup "
-                   f"alone differs{why})")
+                   f"alone and each with a block moved differs{why})")
     else:
         out.append(f"restored disk equals the disk: NO (equal in {equal}/"
                    f"{len(migrated)} migrated scenarios{why}; see the "

@@ -193,7 +193,7 @@ def _build_and_test(layout: Layout, build: Path,
 
 
 def check(layout: Layout, quick: bool = False) -> tuple[list[PatchReport], bool]:
-    deps.ensure(deps.BUILD)
+    deps.require(deps.BUILD + deps.FIRMWARE)
     base, _ = stock.prepare(layout)
     reports = [PatchReport(p) for p in series.patches()]
     for r in reports:

@@ -1,10 +1,12 @@
 """``pyqemu test``: build what the suite needs, then run pytest.
 
-The README's test command.  It installs what it needs (Debian packages,
-both QEMU trees, the shim), so a fresh clone on a fresh machine can run it
-with nothing prepared; on a warm cache the build step is a no-op and
-testing starts within seconds.  The chosen tree reaches the tests as
-pytest's own ``--qemu-src`` option (see tests/conftest.py).
+The README's test command.  It installs what it needs (the Debian packages
+of every test, which ``cli.main`` installs first from
+:data:`pyqemu.build.deps.COMMANDS`; both QEMU trees, the shim), so a fresh
+clone on a fresh machine can run it with nothing prepared; on a warm cache
+the build step is a no-op and testing starts within seconds.  The chosen
+tree reaches the tests as pytest's own ``--qemu-src`` option (see
+tests/conftest.py).
 
 Only the stream fuzzer's tests need the sanitized tree, the longest build
 from a cold cache (about 5 minutes).  It is built in the background, at
@@ -22,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-from ..build import deps
 from ..build.driver import build
 from ..errors import PyqemuError
 from ..log import info, warn
@@ -116,7 +117,6 @@ def main(layout: Layout, pytest_args: list[str]) -> int:
         # ./run installs them for "test"; python -m pyqemu does not
         raise PyqemuError(f"{', '.join(missing)} not installed: run "
                           "./run test, or pip install -r requirements-dev.txt")
-    deps.ensure(deps.BUILD + deps.FIRMWARE + deps.TEST)
     start = time.monotonic()
     build(layout, ("stock", "patched"))
     info(f"build step took {time.monotonic() - start:.1f}s; running pytest, "

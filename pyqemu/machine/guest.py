@@ -3,6 +3,12 @@
 A boot sector that SeaBIOS loads from the first IDE disk; it writes to the
 second IDE disk forever and prints a counter on COM1.  Built with the
 machine's gcc and ld into the cache, once per set of build parameters.
+
+With ``stamp`` every sector it writes names itself: its LBA and the
+number of the write (see :func:`stamp`), so that a copy of the disk (a
+restored backup) in which a block sits at the wrong place, or holds an
+older write, differs from the disk.  Without it, every sector gets the same
+512 bytes, and a comparison could only tell written from unwritten.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import hashlib
 import os
 import re
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +37,10 @@ class WriterConfig:
     span: int = 1 << 31         # sectors, a power of two: 1 TiB
     sectors: int = 8            # per write
     report: int = 16            # writes per serial line
-    #: guest address of the 512 bytes every sector gets.  0x8000 is
-    #: zeroed memory; 0x7c00 (the boot sector itself) makes every write
-    #: non-zero, which a check that restores a backup needs: a block that
-    #: went missing must not compare equal by reading back as zeros.
-    data: int = 0x8000
+    #: each sector carries its LBA and the write's number (:func:`stamp`),
+    #: which a check that restores a backup needs: a block that went
+    #: missing, moved or stale must not compare equal.  Off: zeros.
+    stamp: bool = False
 
     def defines(self) -> list[str]:
         if self.span & (self.span - 1) or not 0 < self.span <= 1 << 32:
@@ -43,9 +49,35 @@ class WriterConfig:
             raise ValueError("report must be a power of two")
         out = [f"-DSTRIDE={self.stride}", f"-DSPAN={self.span:#x}",
                f"-DSECTORS={self.sectors}", f"-DREPORT={self.report}"]
-        if self.data != 0x8000:     # the default needs no define
-            out.append(f"-DDATA={self.data:#x}")
+        if self.stamp:
+            out.append("-DSTAMP")
         return out
+
+    def lba(self, n: int) -> int:
+        """The first sector of write number *n* (as the guest computes it)."""
+        return (n * self.stride) & (self.span - 1)
+
+
+SECTOR = 512
+#: The first bytes of every record of a stamped sector.
+STAMP_MAGIC = b"PQWR"
+_RECORD = struct.Struct("<4sQI")
+
+
+def stamp(lba: int, n: int) -> bytes:
+    """The 512 bytes the stamped guest writes to sector *lba* in its write
+    number *n*: 32 records of "PQWR", the LBA (u64) and n (u32), little
+    endian (tests/guest/writer.S)."""
+    return _RECORD.pack(STAMP_MAGIC, lba, n) * (SECTOR // _RECORD.size)
+
+
+def read_stamp(sector: bytes) -> tuple[int, int] | None:
+    """(LBA, write number) of a sector the stamped guest wrote; None for
+    anything else (zeros, a torn or foreign sector)."""
+    magic, lba, n = _RECORD.unpack_from(sector)
+    if magic != STAMP_MAGIC or sector != stamp(lba, n):
+        return None
+    return lba, n
 
 
 def build(layout: Layout, config: WriterConfig = WriterConfig()) -> Path:

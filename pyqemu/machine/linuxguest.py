@@ -3,13 +3,14 @@
 The boot-sector writer (:mod:`pyqemu.machine.guest`) is fast, but it drives IDE
 from real mode; users run Linux with virtio-blk served by an iothread,
 where bitmaps are dirtied from another thread than the vCPU's.  This module
-boots Debian's own kernel (package ``linux-image-amd64``, installed through
-:mod:`pyqemu.build.deps`) under TCG on ``-machine q35`` with an initramfs the
-project builds itself:
+boots Debian's own kernel (package ``linux-image-amd64``, which the
+``./run`` commands install, see :mod:`pyqemu.build.deps`) under TCG on
+``-machine q35`` with an initramfs the project builds itself:
 
 * ``busybox-static`` for the init script (``/init``);
 * the virtio modules the Debian kernel does not build in, with their
-  dependencies from ``modules.dep``, loaded in order by ``/init``;
+  dependencies as ``modprobe --show-depends`` lists them, loaded in order
+  by ``/init``;
 * ``tests/guest/linux-writer.c`` compiled with ``gcc -static``: O_DIRECT
   writes, random or with a fixed stride, with a periodic fsync, progress
   on the serial console.
@@ -106,27 +107,21 @@ class Kernel:
     vmlinuz: Path
     modules: Path
 
-    def config(self) -> dict[str, str]:
-        out = {}
-        for line in (self.vmlinuz.parent / f"config-{self.version}"
-                     ).read_text().splitlines():
-            if line.startswith("CONFIG_") and "=" in line:
-                key, _, value = line.partition("=")
-                out[key] = value
-        return out
-
 
 def _version_key(version: str) -> list[int]:
     return [int(x) for x in re.findall(r"\d+", version)]
 
 
 def kernel() -> Kernel:
-    """The newest installed Debian kernel (installing it if there is none).
+    """The newest installed Debian kernel.
 
     The machine's running kernel is irrelevant: the guest boots whatever
     ``linux-image-amd64`` installed into /boot, with its own modules.
+    The packages are the ``./run`` commands' to install (see
+    :data:`pyqemu.build.deps.LINUX_GUEST`); here a missing one is an error
+    that names the command.
     """
-    deps.ensure(deps.LINUX_GUEST)
+    deps.require(deps.LINUX_GUEST)
     found = []
     for vmlinuz in Path("/boot").glob("vmlinuz-*"):
         version = vmlinuz.name.removeprefix("vmlinuz-")
@@ -141,34 +136,27 @@ def kernel() -> Kernel:
 
 def module_load_order(k: Kernel, wanted: tuple[str, ...] = MODULES
                       ) -> list[str]:
-    """Relative paths of the .ko files to insmod, dependencies first.
+    """Paths (relative to the kernel's module tree) of the .ko files to
+    insmod, dependencies first.
 
-    Modules the kernel has built in (``=y``) need nothing; any other
-    wanted module must be in modules.dep, with all of its dependencies.
+    kmod's own resolver answers: ``modprobe --show-depends`` for kernel
+    *k* (``-S``), with no configuration (``-C /dev/null``: the machine's
+    modprobe.d is not the guest's), prints ``insmod <path>`` per module in
+    load order and ``builtin <name>`` for what the kernel has built in.
     """
-    deps_of: dict[str, list[str]] = {}
-    for line in (k.modules / "modules.dep").read_text().splitlines():
-        path, _, rest = line.partition(":")
-        deps_of[path] = rest.split()
-    by_name = {Path(p).name.split(".ko")[0].replace("-", "_"): p
-               for p in deps_of}
-    config = k.config()
+    res = run(["modprobe", "-S", k.version, "-C", "/dev/null", "-a",
+               "--show-depends", *wanted], check=False)
+    if res.returncode != 0:
+        raise LinuxGuestError(f"kernel {k.version}: modprobe --show-depends "
+                              f"{' '.join(wanted)}: {res.stderr.strip()}")
     order: list[str] = []
-
-    def visit(path: str) -> None:
-        if path in order:
-            return
-        for dep in deps_of.get(path, []):
-            visit(dep)
-        order.append(path)
-
-    for name in wanted:
-        if config.get(f"CONFIG_{name.upper()}") == "y":
-            continue
-        if name not in by_name:
-            raise LinuxGuestError(f"kernel {k.version} has no module {name} "
-                                  "and does not build it in")
-        visit(by_name[name])
+    for line in res.stdout.splitlines():
+        words = line.split()
+        if words[:1] != ["insmod"]:
+            continue            # "builtin <name>": nothing to load
+        path = str(Path(words[1]).relative_to(k.modules))
+        if path not in order:
+            order.append(path)
     for path in order:
         if not path.endswith(".ko"):
             raise LinuxGuestError(f"{path}: compressed modules are not "

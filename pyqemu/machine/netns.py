@@ -5,8 +5,9 @@ Everything is created with unique names and addresses from a private
 range, and removed on exit, whatever happened: the processes still inside
 the namespaces are killed first, and namespaces left by a pyqemu that
 died (``pq-<pid>-...`` of a pid that is gone) are swept on the next
-start.  Needs root (CI is root).  The kernel has tbf (no netem), so the
-link gets a token-bucket rate limit.
+start.  Needs root (CI is root) and the packages of
+:data:`pyqemu.build.deps.NETNS`, which the ``./run`` commands install.  The
+kernel has tbf (no netem), so the link gets a token-bucket rate limit.
 
 TCP gives up on an unreachable peer only after ``tcp_retries2``
 retransmissions (15 by default: many minutes).  Both namespaces get a
@@ -17,6 +18,7 @@ socket for the same (:meth:`Link.channels`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -117,6 +119,9 @@ class Link:
 
     rate: str | None = "100mbit"
     tag: str = field(default_factory=lambda: f"{random.randrange(1 << 16):04x}")
+    #: what __exit__ undoes: set by __enter__
+    _cleanup: contextlib.ExitStack = field(
+        default_factory=contextlib.ExitStack, init=False, repr=False)
 
     def __post_init__(self) -> None:
         octet = random.randrange(1, 250)
@@ -138,13 +143,16 @@ class Link:
             "port": str(port), **KEEPALIVE}}]
 
     def __enter__(self) -> "Link":
-        deps.ensure(("iproute2",))
         if os.geteuid() != 0:
             raise NetnsError("network namespaces need root")
+        deps.require(deps.NETNS)
         sweep_stale()
-        try:
+        # each namespace is removed on exit (or on a failure half-way)
+        # once it exists; removing it takes its veth end with it
+        with contextlib.ExitStack() as stack:
             for side in "ab":
                 _ip("netns", "add", self.ns[side])
+                stack.callback(remove, self.ns[side])
             _ip("link", "add", self.dev["a"], "netns", self.ns["a"], "type",
                 "veth", "peer", "name", self.dev["b"], "netns", self.ns["b"])
             for side in "ab":
@@ -159,9 +167,7 @@ class Link:
                     run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root",
                          "tbf", "rate", self.rate, "burst", "64kb",
                          "latency", "200ms"])
-        except BaseException:
-            self.__exit__()
-            raise
+            self._cleanup = stack.pop_all()
         return self
 
     def cut(self) -> None:
@@ -175,5 +181,4 @@ class Link:
               lambda out: "LOWER_UP" in out, 5, f"{self.dev['a']} carrier")
 
     def __exit__(self, *exc: object) -> None:
-        for side in "ab":
-            remove(self.ns[side])
+        self._cleanup.close()

@@ -10,6 +10,13 @@
  * REPORT come from the build (-D...), so a test can choose where on the
  * disk the guest writes.  LBAs stay below 2^32 sectors (2 TiB).
  *
+ * What a sector holds: with -DSTAMP, 32 copies of a 16-byte record
+ *     "PQWR", the sector's own LBA (u64 LE), n (u32 LE)
+ * so that a block written to, or restored at, the wrong place, or an
+ * older write's block, differs from the right one (a restored backup is
+ * compared with the disk).  Without STAMP, the 512 bytes at DATA (0x8000:
+ * zeroed memory), the same for every sector.
+ *
  * Real mode, 16-bit code, one 512-byte boot sector; built with the
  * machine's gcc and ld (see pyqemu/machine/guest.py).
  */
@@ -27,8 +34,11 @@
 #define REPORT 16
 #endif
 #ifndef DATA
-#define DATA 0x8000         /* what each sector gets: 512 bytes from here */
+#define DATA 0x8000         /* without STAMP, each sector gets 512 bytes
+                               from here */
 #endif
+#define MAGIC_LO    0x5150  /* "PQ" */
+#define MAGIC_HI    0x5257  /* "WR" */
 
 #define ATA_DATA    0x1f0
 #define ATA_COUNT   0x1f2
@@ -113,6 +123,7 @@ next_write:
     movb    $0x34, %al          /* WRITE SECTORS EXT */
     outb    %al, %dx
 
+    movl    %ebx, %edi          /* LBA of the sector being sent */
     movw    $SECTORS, %cx
 sector:
     pushw   %cx
@@ -122,11 +133,31 @@ sector:
     jnz     1b
     testb   $ATA_DRQ, %al
     jz      1b
-    movw    $DATA, %si          /* 0x8000: whatever is there (zeros);
-                                   0x7c00: this boot sector, never zero */
-    movw    $256, %cx
     movw    $ATA_DATA, %dx
+#ifdef STAMP
+    movw    $32, %cx            /* 16-byte records per sector */
+4:  movw    $MAGIC_LO, %ax
+    outw    %ax, %dx
+    movw    $MAGIC_HI, %ax
+    outw    %ax, %dx
+    movl    %edi, %eax
+    outw    %ax, %dx            /* LBA[15:0] */
+    shrl    $16, %eax
+    outw    %ax, %dx            /* LBA[31:16] */
+    xorw    %ax, %ax
+    outw    %ax, %dx            /* LBA[47:32] */
+    outw    %ax, %dx            /* LBA[63:48] */
+    movl    %ebp, %eax
+    outw    %ax, %dx            /* n[15:0] */
+    shrl    $16, %eax
+    outw    %ax, %dx            /* n[31:16] */
+    loop    4b
+#else
+    movw    $DATA, %si
+    movw    $256, %cx
     rep outsw
+#endif
+    incl    %edi
     popw    %cx
     loop    sector
 

@@ -1,5 +1,9 @@
 """Two private libvirt "hosts" on one machine, for ``virsh migrate``.
 
+Needs root and the packages of :data:`pyqemu.build.deps.LIBVIRT` (with
+the ``libvirt-qemu`` user), which ``./run test`` and ``./run check
+libvirt`` install; here a missing one is an error naming those commands.
+
 Each host is a network namespace (the two joined by a veth pair, see
 :class:`pyqemu.machine.netns.Link`) plus a mount and UTS namespace in
 which private directories are bind-mounted over /etc/libvirt,
@@ -26,6 +30,7 @@ alone; :func:`sweep` here removes those of a run that no longer exists
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -36,16 +41,18 @@ import subprocess
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from types import TracebackType
 
-from ..build import deps
-from ..errors import PyqemuError
-from ..util.poll import until
-from ..util.proc import die_with_parent, run
-from . import netns
-from .netns import Link
+from ...build import deps
+from ...errors import PyqemuError
+from ...util.poll import until
+from ...util.proc import die_with_parent, run
+from .. import netns
+from ..netns import Link
+from .monitorlog import MonitorLog
 
 #: Link tag of the libvirt hosts: "lv" and hex digits, so Link's own
 #: sweep (hex tags only) never takes them for its own.
@@ -110,22 +117,6 @@ class LibvirtError(PyqemuError):
 def tail(text: str, lines: int = 15) -> str:
     """The end of a log or stderr: where daemons and tools say why."""
     return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def ensure_installed() -> None:
-    """Install the Debian packages, and the ``libvirt-qemu`` user.
-
-    libvirt's QEMU driver resolves its compiled-in default user
-    (``libvirt-qemu``) before it reads qemu.conf, and fails to start when
-    the user is missing; ``libvirt-daemon-system`` would create it, but we
-    do not install that package.  A system user is not libvirt
-    configuration, so creating it is harmless to the machine's libvirt.
-    """
-    deps.ensure(deps.LIBVIRT)
-    if run(["getent", "passwd", "libvirt-qemu"], check=False).returncode:
-        run(["useradd", "--system", "--user-group", "--no-create-home",
-             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-             "libvirt-qemu"], what="create the libvirt-qemu user")
 
 
 def sweep() -> list[str]:
@@ -325,6 +316,18 @@ class Host:
         path = self.root / "log" / name
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def log_mark(self) -> int:
+        """Where libvirtd's log ends now: give it to :meth:`monitor_log`
+        to read only what a later step logged."""
+        return len(self.log())
+
+    def monitor_log(self, since: int = 0) -> MonitorLog:
+        """The QMP traffic between libvirtd and its QEMUs that libvirtd
+        logged after *since* (a :meth:`log_mark`): what libvirt asked
+        QEMU to do, and QEMU's replies (``log_filters`` above logs the
+        monitor at debug level)."""
+        return MonitorLog(self.log()[since:])
+
 
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
@@ -336,6 +339,13 @@ class Hosts:
     A fresh directory under /tmp holds the private directories, ``bin/``
     (first on each host's PATH: see :meth:`use_tools`) and ``shared/``,
     which both hosts see at the same path: shared storage.
+
+    On exit (or a failure while starting) everything is undone in reverse
+    order: the hosts stop (every process in their namespaces), the link
+    and the namespaces go, the directory goes.  A host that fails to stop
+    does not keep the rest from being undone; its error is raised
+    afterwards, unless an exception is already on its way (which says
+    more).
     """
 
     def __init__(self, qemu_conf_extra: str = "") -> None:
@@ -347,34 +357,51 @@ class Hosts:
         self.bindir = self.workdir / "bin"
         self.link: Link | None = None
         self.hosts: list[Host] = []
-        self._old_term: Any = None
+        self._undo = contextlib.ExitStack()
+        self._stop_errors: list[str] = []
 
     def __enter__(self) -> tuple[Host, Host]:
-        # SIGTERM (a CI timeout, `timeout`, kill) must run the clean-up
-        # below like an exception does, not leave daemons and VMs behind
-        if threading.current_thread() is threading.main_thread():
-            self._old_term = signal.signal(signal.SIGTERM, _terminate)
-        try:
+        with contextlib.ExitStack() as undo:
+            undo.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+            # SIGTERM (a CI timeout, `timeout`, kill) must run the
+            # clean-up like an exception does, not leave daemons and VMs
+            # behind
+            if threading.current_thread() is threading.main_thread():
+                old = signal.signal(signal.SIGTERM, _terminate)
+                undo.callback(signal.signal, signal.SIGTERM, old)
+            undo.push(self._raise_stop_errors)
             if os.geteuid() != 0:
                 raise LibvirtError("libvirt hosts need root (namespaces)")
-            ensure_installed()
+            deps.require(deps.LIBVIRT)
             sweep()
             self.shared.mkdir()
             self.bindir.mkdir()
-            self.link = Link(rate=None, tag=self.tag).__enter__()
+            self.link = undo.enter_context(Link(rate=None, tag=self.tag))
             path = ":".join([str(self.bindir),
                              os.environ.get("PATH", "/usr/bin:/bin"),
                              "/usr/sbin", "/sbin"])
             for side in "ab":
-                self.hosts.append(Host(side, self.link.ns[side],
-                                       self.link.addr[side],
-                                       self.workdir / side, path))
-            for h in self.hosts:
+                h = Host(side, self.link.ns[side], self.link.addr[side],
+                         self.workdir / side, path)
+                self.hosts.append(h)
+                undo.callback(self._stop, h)
                 h.start(self.qemu_conf_extra)
-        except BaseException:
-            self.__exit__()
-            raise
+            self._undo = undo.pop_all()
         return self.hosts[0], self.hosts[1]
+
+    def _stop(self, h: Host) -> None:
+        try:
+            h.stop()
+        except Exception as e:      # go on: the rest must go too
+            self._stop_errors.append(f"host {h.name}: {e}")
+
+    def _raise_stop_errors(self, exc_type: type[BaseException] | None,
+                           exc: BaseException | None,
+                           tb: TracebackType | None) -> bool:
+        errors, self._stop_errors = self._stop_errors, []
+        if errors and exc_type is None:
+            raise LibvirtError("clean-up: " + "; ".join(errors))
+        return False
 
     def use_tools(self, tools: dict[str, Path]) -> None:
         """Put *tools* (name -> binary) first on every host's PATH.
@@ -389,18 +416,7 @@ class Hosts:
     def __iter__(self) -> Iterator[Host]:
         return iter(self.hosts)
 
-    def __exit__(self, *exc: object) -> None:
-        errors = []
-        for h in self.hosts:
-            try:
-                h.stop()
-            except Exception as e:      # go on: the rest must go too
-                errors.append(f"host {h.name}: {e}")
-        if self.link is not None:
-            self.link.__exit__()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        if self._old_term is not None:
-            signal.signal(signal.SIGTERM, self._old_term)
-            self._old_term = None
-        if errors and (not exc or exc[0] is None):
-            raise LibvirtError("clean-up: " + "; ".join(errors))
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._undo.__exit__(exc_type, exc, tb)
