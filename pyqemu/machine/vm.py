@@ -49,8 +49,27 @@ def _import_machine(layout: Layout) -> Any:
     tree_python = str(layout.qemu_python())
     if tree_python not in sys.path:
         sys.path.append(tree_python)
+    return _tolerant_machine()
+
+
+@functools.cache
+def _tolerant_machine() -> Any:
+    """QEMUMachine reading QEMU's log with undecodable bytes replaced.
+
+    QEMUMachine decodes the log in the locale's encoding while it shuts
+    down, and QEMU copies bytes of an incoming migration stream (a
+    bitmap's name, say) into its error messages verbatim: one such byte
+    would make every shutdown raise UnicodeDecodeError, mid-way through
+    its clean-up.  The log file itself keeps the raw bytes."""
     from qemu.machine import QEMUMachine  # type: ignore[import-not-found]
-    return QEMUMachine
+
+    class Machine(QEMUMachine):  # type: ignore[misc, valid-type]
+        def _load_io_log(self) -> None:
+            if self._qemu_log_path is not None:
+                with open(self._qemu_log_path, "rb") as log:
+                    self._iolog = log.read().decode(errors="replace")
+
+    return Machine
 
 
 @dataclass(frozen=True)
