@@ -2,11 +2,16 @@
 patched tree built with ASan and UBSan: every input must load, or fail
 with an error message -- never crash, trip a sanitizer or hang.
 
-CI runs a small budget of fresh mutations plus the saved regression
-inputs (tests/fuzz/); ``./run check fuzz`` runs the full campaign.
+CI runs a small budget of fresh mutations, from a new seed each run
+(printed, and given back by PYQEMU_FUZZ_SEED to repeat a run), plus the
+saved regression inputs (tests/fuzz/); ``./run check fuzz`` runs the full
+campaign.
 """
 
 from __future__ import annotations
+
+import os
+import random
 
 import pytest
 
@@ -17,14 +22,21 @@ from pyqemu.paths import SANITIZED
 pytestmark = pytest.mark.usefixtures("sanitized")
 
 REGRESSIONS = sorted(campaign.REGRESSIONS.glob("*.bin"))
+#: Set it to a seed a failed run printed, to run the same inputs again.
+SEED_VARIABLE = "PYQEMU_FUZZ_SEED"
 
 
 def test_fuzz_small_budget(layout):
-    s = campaign.run(layout, inputs=200, seed=7)
-    assert s.inputs == 200
-    assert not s.findings, "\n".join(f"{w}: {p} {d}" for w, p, d in s.findings)
+    seed = int(os.environ.get(SEED_VARIABLE) or random.randrange(2**31))
+    again = f"seed {seed}: {SEED_VARIABLE}={seed} runs the same inputs"
+    print(again)
+    s = campaign.run(layout, inputs=200, seed=seed)
+    assert s.inputs == 200, again
+    assert not s.findings, again + "\n" + "\n".join(
+        f"{w}: {p} {d}" for w, p, d in s.findings)
     # the mutations reach both outcomes: not all rejected up front
-    assert s.counts.get("loaded", 0) > 0 and s.counts.get("error", 0) > 0
+    assert s.counts.get("loaded", 0) > 0 and s.counts.get("error", 0) > 0, \
+        f"{again}: {s.counts}"
 
 
 @pytest.mark.parametrize("stream", REGRESSIONS, ids=lambda p: p.stem)

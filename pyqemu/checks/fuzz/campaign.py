@@ -12,6 +12,7 @@ import concurrent.futures
 import random
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +28,26 @@ from .stream import Seed
 REGRESSIONS = REPO / "tests" / "fuzz"
 
 
+#: How each outcome reads in a summary.  "error" is the good case for a
+#: malformed stream -- QEMU refused it with a message -- and must not read
+#: as a failure.
+LABELS = {"loaded": "loaded", "error": "rejected cleanly"}
+
+
 @dataclass
 class Summary:
     inputs: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     findings: list[tuple[str, Path, str]] = field(default_factory=list)
     seconds: float = 0.0
+
+    def counts_line(self) -> str:
+        """"loaded 31, rejected cleanly 169", then findings by kind."""
+        known = [f"{label} {self.counts.get(verdict, 0)}"
+                 for verdict, label in LABELS.items()]
+        other = [f"{verdict} {n}" for verdict, n in sorted(self.counts.items())
+                 if verdict not in LABELS]
+        return ", ".join(known + other)
 
 
 def run(layout: Layout, inputs: int, seed: int = 1, workers: int = 2,
@@ -49,6 +64,7 @@ def run(layout: Layout, inputs: int, seed: int = 1, workers: int = 2,
         root = Path(tmp)
         parsed = [Seed.parse(p.read_bytes())
                   for p in seeds.capture(layout, root)]
+        stopping = threading.Event()
 
         def one(i: int) -> tuple[int, str, Outcome]:
             # Each input has its own generator: reproducible on its own,
@@ -60,7 +76,7 @@ def run(layout: Layout, inputs: int, seed: int = 1, workers: int = 2,
             path = d / f"in-{i}.bin"
             path.write_bytes(data)
             outcome = load_retrying(layout, qemu, path, d)
-            if outcome.verdict in FINDINGS:
+            if outcome.verdict in FINDINGS and not stopping.is_set():
                 save_dir.mkdir(parents=True, exist_ok=True)
                 keep = save_dir / f"finding-{seed}-{i}.bin"
                 shutil.copyfile(path, keep)
@@ -69,20 +85,26 @@ def run(layout: Layout, inputs: int, seed: int = 1, workers: int = 2,
             path.unlink()
             return i, what, outcome
 
+        pool = concurrent.futures.ThreadPoolExecutor(workers)
         try:
-            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                for n, (i, what, outcome) in enumerate(
-                        pool.map(one, range(inputs)), 1):
-                    summary.counts[outcome.verdict] = \
-                        summary.counts.get(outcome.verdict, 0) + 1
-                    if outcome.verdict in FINDINGS:
-                        summary.findings.append(
-                            (what, save_dir / f"finding-{seed}-{i}.bin",
-                             outcome.detail[:300]))
-                    if n % 500 == 0:
-                        info(f"fuzz: {n}/{inputs} inputs, {summary.counts}")
+            for n, (i, what, outcome) in enumerate(
+                    pool.map(one, range(inputs)), 1):
+                summary.counts[outcome.verdict] = \
+                    summary.counts.get(outcome.verdict, 0) + 1
+                if outcome.verdict in FINDINGS:
+                    summary.findings.append(
+                        (what, save_dir / f"finding-{seed}-{i}.bin",
+                         outcome.detail[:300]))
+                if n % 500 == 0:
+                    info(f"fuzz: {n}/{inputs} inputs: "
+                         f"{summary.counts_line()}")
             summary.inputs = inputs
         finally:
+            # After a Ctrl-C (or an error) the inputs not yet started are
+            # dropped rather than all run first, and the ones in flight
+            # are no findings: their QEMU got the SIGINT too.
+            stopping.set()
+            pool.shutdown(wait=True, cancel_futures=True)
             summary.seconds = time.monotonic() - start
     return summary
 

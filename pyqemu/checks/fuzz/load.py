@@ -21,6 +21,8 @@ from .seeds import RAM_MB, disks
 #: Sanitizers abort on the first report, and leaks at exit are not ours.
 SANITIZER_ENV = ("env", "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1",
                  "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
+#: The destination's name: its output is in ``<workdir>/load.log``.
+NAME = "load"
 #: Outcomes that are findings; "harness" is a failure of this code or an
 #: overloaded machine, not of the input, and is retried once.
 FINDINGS = ("crash", "sanitizer", "hang", "no-message", "harness")
@@ -30,6 +32,12 @@ FINDINGS = ("crash", "sanitizer", "hang", "no-message", "harness")
 class Outcome:
     verdict: str        # "loaded", "error", or one of FINDINGS
     detail: str
+
+
+def log_path(workdir: Path) -> Path:
+    """Where the last destination run in *workdir* wrote its output (the
+    raw bytes; Outcome.detail has them decoded with replacement)."""
+    return workdir / f"{NAME}.log"
 
 
 def _feed(vm: VM, stream: Path, deadline: float) -> tuple[bool, str | None]:
@@ -58,7 +66,7 @@ def _feed(vm: VM, stream: Path, deadline: float) -> tuple[bool, str | None]:
 def load(layout: Layout, binary: Path, stream: Path, workdir: Path,
          timeout: float = 20) -> Outcome:
     """Feed *stream* to a fresh destination; classify what happens."""
-    vm = VM(layout, "load", disks(), workdir=workdir, incoming=True,
+    vm = VM(layout, NAME, disks(), workdir=workdir, incoming=True,
             machine="none", memory_mb=RAM_MB, extra_args=("-S",),
             binary=binary, wrapper=SANITIZER_ENV)
     deadline = time.monotonic() + timeout
