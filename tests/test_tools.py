@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from pyqemu import cli
-from pyqemu.build import driver
+from pyqemu.build import deps, driver
 from pyqemu.errors import CommandError
 from pyqemu.machine import netns
 from pyqemu.machine.netns import Link
 from pyqemu.machine.vm import VM, Exit, MachineError
-from pyqemu.paths import PINNED, REPO, layout_for
+from pyqemu.paths import PINNED, REPO, Layout, layout_for
 from pyqemu.util.poll import PollTimeout, until
 from pyqemu.util.proc import Background, run
 
@@ -48,14 +48,6 @@ def test_check_backup_sizes_are_the_scenarios():
     assert list(cli.SIZES) == list(backup.SCENARIOS)
     args = cli.parser().parse_args(["check", "backup", "--size", "large"])
     assert args.func is cli.cmd_check_backup and args.size == ["large"]
-
-
-def test_errors_become_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("PYQEMU_CACHE", str(tmp_path))
-    assert cli.main(["which", "qemu-img", "--qemu-src", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("pyqemu: error: qemu-img (patched) is not built")
-    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_layout_for_qemu_src_gets_its_own_trees(tmp_path):
@@ -167,7 +159,8 @@ def test_a_failed_step_ahead_fails_the_build_with_its_output(workdir, capsys):
         workdir, "echo the series does not apply; exit 3"))
     with pytest.raises(driver.BuildError, match="preparing the patched"):
         ahead.finish()
-    assert "the series does not apply" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "the series does not apply" in err and not out
 
 
 def test_steps_ahead_are_stopped_when_the_build_before_them_fails(workdir):
@@ -194,3 +187,91 @@ def test_a_background_job_reports_its_end_unasked(workdir):
     assert codes == [4] and job.wait() == 4 and not job.running()
     assert job.seconds is not None and job.seconds < 10
     assert (workdir / "log").read_text() == "building\n"
+
+
+#: One flavour's build, without QEMU: driver.build() with its real lock
+#: and ninja, in a cache of its own, on a build.ninja whose only step
+#: records when it starts and ends (a real build directory would
+#: recompile QEMU).
+FAKE_BUILD = """\
+import sys
+from pathlib import Path
+from pyqemu.build import deps, driver
+from pyqemu.paths import Layout
+
+cache, events, tag = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+
+def setup(layout, flavour):
+    d = layout.project_build(flavour)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "build.ninja").write_text(
+        "rule step\\n"
+        f"  command = echo start {tag} >> {events}; echo [0/1] noise; "
+        f"sleep 2; echo end {tag} >> {events}\\n"
+        "build always: step\\n")
+    return d
+
+
+deps.require = lambda packages: None
+driver._setup = setup
+driver.build(Layout(cache), ("stock",))
+"""
+
+
+def test_two_builds_of_one_flavour_take_turns(workdir):
+    """The second command waits for the first, says so in one line, and
+    both succeed; without the lock their steps overlapped and each broke
+    the other's build."""
+    events = workdir / "events"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def start(tag: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", FAKE_BUILD, str(workdir / "cache"),
+             str(events), tag], env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    first = start("first")
+    until(lambda: events.exists() and events.read_text(), bool, 30,
+          "the first build's step to start")
+    second = start("second")
+    results = [p.communicate(timeout=60) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], results
+    assert events.read_text().split("\n") == [
+        "start first", "end first", "start second", "end second", ""]
+    (out1, err1), (out2, err2) = results
+    waited = [ln for ln in err2.splitlines() if "waiting for" in ln]
+    assert len(waited) == 1 and "building stock QEMU" in waited[0], err2
+    assert "waiting" not in err1
+    # the step's own output stays in the build log
+    assert "noise" not in out1 + err1 + out2 + err2
+
+
+def test_build_output_goes_to_a_log_shown_only_on_failure(
+        workdir, monkeypatch, capfd):
+    """A warm build prints ninja's no-op lines on every command; they
+    belong in a log.  A failed build shows the end of that log."""
+    monkeypatch.setattr(deps, "require", lambda packages: None)
+    command = "echo [0/1] Generating qemu-source"
+
+    def setup(layout, flavour):
+        d = layout.project_build(flavour)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "build.ninja").write_text(f"rule step\n  command = {command}\n"
+                                       "build always: step\n")
+        return d
+
+    monkeypatch.setattr(driver, "_setup", setup)
+    layout = Layout(workdir / "cache")
+    driver.build(layout, ("stock",))
+    out, err = capfd.readouterr()
+    assert "Generating" not in out + err and not out
+    log = driver.build_log(layout.project_build("stock"))
+    assert "[0/1] Generating qemu-source" in log.read_text()
+
+    command = "echo the compiler says no; exit 1"
+    with pytest.raises(driver.BuildError, match="all of it in .*build.log"):
+        driver.build(layout, ("stock",))
+    out, err = capfd.readouterr()
+    assert "the compiler says no" in err and not out

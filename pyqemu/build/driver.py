@@ -6,10 +6,16 @@ the cache and runs ninja there; the chain of steps is in meson.build and
 at once: QEMU builds are CPU-bound and this machine has two cores.  Only
 the next flavour's source and configure steps, which are mostly serial,
 run beside the current compile (:class:`Ahead`).
+
+Two commands may share the cache: a build holds its flavours' locks
+(:func:`lock_file`), so a second command waits, saying so in one line.
+The build's own output goes to a log in each build directory and reaches
+the terminal only when the build fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +28,7 @@ from pathlib import Path
 from ..errors import CommandError, PyqemuError
 from ..log import info
 from ..paths import FLAVOURS, REPO, SANITIZED, Layout
+from ..util.lock import exclusive
 from ..util.proc import Background, die_with_parent, run
 from . import deps
 
@@ -62,9 +69,14 @@ def _setup(layout: Layout, flavour: str) -> Path:
     cmd = [sys.executable, "-m", "mesonbuild.mesonmain", "setup",
            str(builddir), str(REPO)] + [f"-D{k}={v}" for k, v in opts.items()]
     try:
-        run(cmd, what=f"meson setup for {flavour}")
+        run(cmd, what=f"meson setup for {flavour}", merge=True)
     except CommandError as e:
-        raise BuildError(f"{e}\n{e.output[-3000:]}") from None
+        log = build_log(builddir)
+        log.write_text(e.output)
+        show_failure(log, e.output)
+        raise BuildError(f"meson setup for {flavour} failed (exit "
+                         f"{e.returncode}; the end of its log is above, all "
+                         f"of it in {log})") from None
     record.write_text(json.dumps(want))
     return builddir
 
@@ -75,15 +87,39 @@ SOURCE_TARGET = "qemu-source.h"
 CONFIGURE_TARGET = "qemu-configure.stamp"
 
 
+#: Lines of a failed build's log shown on stderr (all of it is in the log).
+FAILED_TAIL = 60
+
+
+def build_log(builddir: Path) -> Path:
+    """Where a flavour's build output goes: ninja, configure and the
+    steps print hundreds of lines, and on a warm cache only no-op lines,
+    which belong neither in a command's results nor on its terminal."""
+    return builddir / "pyqemu-build.log"
+
+
+def show_failure(log: Path, text: str | None = None) -> None:
+    """The end of a failed build's output, on stderr."""
+    text = log.read_text(errors="replace") if text is None else text
+    tail = text.splitlines()[-FAILED_TAIL:]
+    sys.stderr.write("".join(f"{ln}\n" for ln in tail))
+    sys.stderr.flush()
+
+
 def _ninja(builddir: Path, *targets: str) -> None:
-    # ninja's output goes to the terminal: it is the progress report
-    res = subprocess.run(["ninja", "-C", str(builddir), *targets],
-                         env=dict(os.environ, PYTHONPATH=str(REPO)),
-                         check=False, preexec_fn=die_with_parent())
+    """ninja in *builddir*, its output appended to the build log."""
+    log = build_log(builddir)
+    with log.open("a") as out:
+        res = subprocess.run(["ninja", "-C", str(builddir), *targets],
+                             env=dict(os.environ, PYTHONPATH=str(REPO)),
+                             stdin=subprocess.DEVNULL, stdout=out,
+                             stderr=subprocess.STDOUT, check=False,
+                             preexec_fn=die_with_parent())
     if res.returncode != 0:
+        show_failure(log)
         raise BuildError(f"building {' '.join(targets) or 'everything'} in "
-                         f"{builddir} failed (the first error is printed "
-                         "above)")
+                         f"{builddir} failed (the end of its log is above; "
+                         f"all of it in {log})")
 
 
 class Ahead:
@@ -103,36 +139,54 @@ class Ahead:
                               env=dict(os.environ, PYTHONPATH=str(REPO)))
 
     def finish(self) -> None:
-        """Wait for the steps; replay their output; raise if they failed."""
+        """Wait for the steps; raise, with their output, if they failed."""
         code = self.job.wait()
         log = self.job.log
-        text = log.read_text(errors="replace")
-        info(f"{self.flavour}: source and configure ran ahead, in "
-             f"{self.job.seconds:.1f}s (log {log})")
-        sys.stdout.write(text[-6000:] if code else text)
-        sys.stdout.flush()
         if code != 0:
+            show_failure(log)
             raise BuildError(f"preparing the {self.flavour} flavour failed "
-                             f"(exit {code}; log above, {log})")
+                             f"(exit {code}; the end of its log is above, "
+                             f"all of it in {log})")
 
     def stop(self) -> None:
         self.job.stop()
 
 
+def lock_file(layout: Layout, flavour: str) -> Path:
+    """The lock a build of *flavour* holds (see :mod:`pyqemu.util.lock`)."""
+    return layout.flavour_root(flavour) / "build.lock"
+
+
 def build(layout: Layout,
           flavours: tuple[str, ...] = FLAVOURS) -> list[BuildResult]:
     """Build the given flavours of *layout* (stock before patched) and the
-    shim."""
+    shim.
+
+    Another command building one of them at the same time is waited for:
+    each flavour's tree has a lock, and all of this build's locks are
+    taken before anything runs, always in the same order, so two builds
+    never wait for each other."""
     deps.require(deps.BUILD + deps.FIRMWARE)
     order = [f for f in FLAVOURS + (SANITIZED,) if f in flavours]
+    with contextlib.ExitStack() as locks:
+        for flavour in order:
+            locks.enter_context(exclusive(lock_file(layout, flavour),
+                                          f"building {flavour} QEMU"))
+        return _build(layout, order)
+
+
+def _build(layout: Layout, order: list[str]) -> list[BuildResult]:
     builddirs = {f: _setup(layout, f) for f in order}
+    for builddir in builddirs.values():
+        build_log(builddir).write_text("")
     results = []
     ahead: Ahead | None = None
     try:
         for i, flavour in enumerate(order):
             start = time.monotonic()
             builddir = builddirs[flavour]
-            info(f"building {flavour} QEMU and shim ({builddir})")
+            info(f"building {flavour} QEMU and shim (output in "
+                 f"{build_log(builddir)})")
             if ahead is not None:
                 ahead.finish()
                 ahead = None
