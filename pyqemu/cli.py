@@ -4,20 +4,41 @@ The CLI only parses arguments, chooses the source tree once (a
 :class:`~pyqemu.paths.Layout`, passed down to every command) and
 dispatches; each command's work lives in its own module so it can be used
 from tests and benchmarks too.  :func:`main` is the one error boundary:
-what goes wrong below it becomes one line on stderr and exit status 1.
+what goes wrong below it becomes one line on stderr and exit status 1, a
+Ctrl-C becomes ``pyqemu: interrupted`` and exit status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 
 from .build import deps
 from .errors import PyqemuError
 from .log import info
 from .paths import BINARIES, SANITIZED, Layout, layout_for
+from .util.proc import run
+
+#: The program name in usage lines: the README's entry point, which runs
+#: ``python -m pyqemu``.  The ``pyqemu`` console script says ``pyqemu``.
+PROG = "./run"
+
+#: Exit status after Ctrl-C, as a shell reports a process killed by SIGINT.
+INTERRUPTED = 130
+
+#: What a QEMU checkout has at its HEAD, and the build relies on: the
+#: device list goes into configs/devices/x86_64-softmmu, the shim is
+#: util/hbitmap.c, the series changes migration/block-dirty-bitmap.c, and
+#: the VMs are launched by the tree's own python/qemu/machine.
+QEMU_MARKERS = ("VERSION", "configure", "util/hbitmap.c",
+                "migration/block-dirty-bitmap.c",
+                "configs/devices/x86_64-softmmu", "python/qemu/machine")
 
 #: ``check backup --size``: spelled out here, not imported, so that
 #: ``--help`` needs no QEMU tree (checks.backup imports qemu.qmp).
@@ -78,6 +99,8 @@ def cmd_series_check(args: argparse.Namespace, layout: Layout) -> int:
 def cmd_cover_letter(args: argparse.Namespace, layout: Layout) -> int:
     from .build.driver import build
     from .report import coverletter
+    if args.reuse:
+        coverletter.require_saved(layout)   # before any build
     build(layout)
     print(coverletter.write(layout, reuse=args.reuse))
     return 0
@@ -96,20 +119,27 @@ def _count(text: str) -> int:
     return n
 
 
-def parser() -> argparse.ArgumentParser:
-    """Every command with only the flags that mean something to it."""
+QEMU_SRC_HELP = ("your own QEMU git checkout instead of the pinned Debian "
+                 "tarball (its HEAD is used, never modified)")
+
+
+def parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """Every command with only the flags that mean something to it.
+
+    ``--qemu-src`` is every command's, so it is also accepted before the
+    command (``./run --qemu-src DIR build``)."""
     ap = argparse.ArgumentParser(
-        prog="pyqemu",
+        prog=prog,
         description="Live migration of QEMU dirty bitmaps: build the stock "
                     "and patched QEMU, run them, test and measure them.")
+    ap.add_argument("--qemu-src", dest="qemu_src_first", metavar="DIR",
+                    help=QEMU_SRC_HELP)
     sub = ap.add_subparsers(dest="command", required=True)
 
     def command(parent: argparse._SubParsersAction, name: str, func, help: str
                 ) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help, description=help)
-        p.add_argument("--qemu-src", type=Path, metavar="DIR",
-                       help="your own QEMU git checkout instead of the pinned "
-                            "Debian tarball (its HEAD is used, never modified)")
+        p.add_argument("--qemu-src", metavar="DIR", help=QEMU_SRC_HELP)
         # "check libvirt" for ``pyqemu check libvirt``: its deps.COMMANDS key
         p.set_defaults(func=func, needs=p.prog.split(" ", 1)[1])
         return p
@@ -195,17 +225,109 @@ def one_line(e: BaseException) -> str:
     return text if len(text) <= 600 else text[:600] + " ..."
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    layout = layout_for(args.qemu_src)
+def checkout(text: str) -> Path:
+    """The ``--qemu-src`` directory, checked before anything is built or
+    created in the cache: it exists, is the top of a git checkout with a
+    commit, and that commit looks like QEMU (:data:`QEMU_MARKERS`)."""
+    if not text.strip():
+        raise PyqemuError("--qemu-src is empty: give the top directory of a "
+                          "QEMU git checkout")
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise PyqemuError(f"--qemu-src {text}: no such directory")
+    if not path.is_dir():
+        raise PyqemuError(f"--qemu-src {text}: not a directory")
+    path = path.resolve()
+    res = run(["git", "-C", path, "rev-parse", "--show-toplevel"],
+              check=False)
+    if res.returncode != 0:
+        why = (res.stderr.strip().splitlines() or ["git rev-parse failed"])[0]
+        raise PyqemuError(f"--qemu-src {text}: not a git checkout ({why})")
+    top = Path(res.stdout.strip()).resolve()
+    if top != path:
+        raise PyqemuError(f"--qemu-src {text}: a directory inside the git "
+                          f"checkout {top}; give its top directory")
+    if run(["git", "-C", path, "rev-parse", "--verify", "-q", "HEAD"],
+           check=False).returncode != 0:
+        raise PyqemuError(f"--qemu-src {text}: a git checkout without a "
+                          "commit (its HEAD is what is built)")
+    listed = run(["git", "-C", path, "ls-tree", "--name-only", "HEAD", "--",
+                  *QEMU_MARKERS]).stdout.splitlines()
+    missing = [m for m in QEMU_MARKERS if m not in listed]
+    if missing:
+        raise PyqemuError(f"--qemu-src {text}: does not look like a QEMU "
+                          f"checkout: its HEAD has no {', '.join(missing)}")
+    return path
+
+
+def chosen_source(args: argparse.Namespace) -> Path | None:
+    """``--qemu-src``, given before or after the command (not both ways)."""
+    first, last = args.qemu_src_first, getattr(args, "qemu_src", None)
+    if first is not None and last is not None and first != last:
+        raise PyqemuError(f"--qemu-src given twice, as {first!r} and "
+                          f"{last!r}")
+    text = last if last is not None else first
+    return None if text is None else checkout(text)
+
+
+class _Interrupts:
+    """Ctrl-C as a user expects it: ``pyqemu: interrupted``, exit 130,
+    and nothing else.
+
+    A Ctrl-C lands anywhere, often inside qemu.qmp's event loop in the
+    middle of a QMP command.  The clean-up that follows (every VM shut
+    down, and every QEMU in the terminal's process group got the SIGINT
+    too) ends that command's task with ExecInterruptedError, which
+    asyncio then logs as "Task exception was never retrieved" with two
+    tracebacks; the clean-up itself may raise.  So the SIGINT handler,
+    before raising KeyboardInterrupt as Python's own does, silences
+    logging and unraisable-exception reports for the rest of the
+    process, and main() treats any error after it as the interrupt."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous: object = None
+        self.installed = threading.current_thread() is threading.main_thread()
+        if self.installed:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.seen = True
+        logging.disable(logging.CRITICAL)
+        sys.unraisablehook = lambda unraisable: None
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)  # type: ignore[arg-type]
+
+    @staticmethod
+    def exit() -> int:
+        print("pyqemu: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = parser(prog).parse_args(argv)
+    interrupts = _Interrupts()
     try:
+        layout = layout_for(chosen_source(args))
         # every command installs what it needs before anything else
         deps.ensure_for(args.needs)
         return int(args.func(args, layout) or 0)
     except KeyboardInterrupt:
-        return 130
+        return interrupts.exit()
     except Exception as e:
+        if interrupts.seen:     # raised by the clean-up after a Ctrl-C
+            return interrupts.exit()
         if not _is_expected(e):
             raise
         print(f"pyqemu: error: {one_line(e)}", file=sys.stderr)
         return 1
+    finally:
+        interrupts.restore()
+
+
+def console() -> None:
+    """The ``pyqemu`` command that ``pip install -e .`` installs."""
+    sys.exit(main(prog="pyqemu"))

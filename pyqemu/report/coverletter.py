@@ -20,6 +20,7 @@ from ..bench import hbitmap as bench_hbitmap
 from ..bench import migrate as bench_migrate
 from ..bench.writeload import report as writeload_report
 from ..bench.writeload.results import load_results
+from ..errors import PyqemuError
 from ..paths import Layout
 from ..tree import series
 from ..tree.git import git
@@ -32,26 +33,46 @@ TITLE = "Live migration of dirty bitmaps"
 SUBJECT_PREFIX = "PATCH v2"
 
 
+#: The benchmarks the letter quotes, and the command that saves each one's
+#: results.
+BENCHES = {"migrate": "./run bench migrate", "hbitmap": "./run bench hbitmap"}
+
+
+def saved(layout: Layout, name: str) -> Path:
+    """Where benchmark *name* keeps its results.json."""
+    return layout.results(name) / "results.json"
+
+
+def require_saved(layout: Layout) -> None:
+    """``--reuse`` means no measuring: without saved results, fail and say
+    what to run, rather than start the 20-minute benchmark unasked."""
+    missing = [cmd for name, cmd in BENCHES.items()
+               if not saved(layout, name).exists()]
+    if missing:
+        raise PyqemuError(
+            f"--reuse: no saved benchmark results in {layout.root / 'bench'}"
+            f": run {' and '.join(repr(m) for m in missing)} first, or "
+            "leave out --reuse to measure now")
+
+
 def _results(layout: Layout, reuse: bool) -> dict:
-    d = layout.results("migrate")
-    if not (reuse and (d / "results.json").exists()):
+    if not reuse:
         bench_migrate.main(layout, quick=False)
-    return dict(json.loads((d / "results.json").read_text()))
+    return dict(json.loads(saved(layout, "migrate").read_text()))
 
 
 def _meta_overhead(layout: Layout, reuse: bool) -> float:
     """Largest meta-bitmap overhead on hbitmap_set (bench hbitmap)."""
-    d = layout.results("hbitmap")
-    if not (reuse and (d / "results.json").exists()):
+    if not reuse:
         bench_hbitmap.main(layout, quick=True)
-    data = json.loads((d / "results.json").read_text())
+    data = json.loads(saved(layout, "hbitmap").read_text())
     return max(m["meta_overhead"] for m in data["meta"])
 
 
 def _fuzzing(layout: Layout) -> str:
     """What the last full fuzz campaign (./run check fuzz) did, if any."""
     try:
-        f = json.loads((layout.root / "fuzz-summary.json").read_text())
+        f = json.loads(saved(layout, "fuzz").read_text())
     except (OSError, ValueError):
         return "a stream fuzzer (not run in full for this letter)"
     return (f"{f['inputs']:,} mutated incoming streams on an ASan/UBSan "
@@ -343,6 +364,8 @@ def blurb(results: dict, overhead: float, fuzzing: str) -> str:
 def write(layout: Layout, reuse: bool = False) -> Path:
     """Regenerate patches/0000-cover-letter.patch from *layout*'s patched
     tree; returns its path."""
+    if reuse:
+        require_saved(layout)
     tree = layout.source("patched")
     base = git(tree, "rev-parse", BASE_TAG).stdout.strip()
     results = _results(layout, reuse)
