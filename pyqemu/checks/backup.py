@@ -414,8 +414,8 @@ def main(layout: Layout, sizes: tuple[str, ...] = ("small", "large")) -> int:
     print(text)
     print(f"\n(written clusters: surely written after the full backup - "
           f"possibly written; {CLUSTER // KiB} KiB clusters; stock at "
-          f"{LARGE.name} is given up after {STOCK_LARGE_TIMEOUT:.0f} s; "
-          f"results in {out})")
+          f"{LARGE.name} is given up after {STOCK_LARGE_TIMEOUT:.0f} s)")
+    print(f"wrote {out / 'results.md'}\nwrote {out / 'results.json'}")
     chains: list[BackupResult] = []
     stock_large: list[BackupResult] = []
     for r in results:
@@ -429,7 +429,8 @@ def main(layout: Layout, sizes: tuple[str, ...] = ("small", "large")) -> int:
         note = (f"; stock at {LARGE.name}: " +
                 ("not converged, as expected" if as_expected else
                  f"{stock_large[0].migration}, UNEXPECTED"))
-    print(f"restored chain equals the disk: {'yes' if restored else 'NO'} "
+    print(f"result: restored chain equals the disk: "
+          f"{'yes' if restored else 'NO'} "
           f"({good}/{len(chains)} chains{note})")
     ok = restored and as_expected
     return 0 if ok else 1

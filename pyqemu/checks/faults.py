@@ -28,15 +28,18 @@ from __future__ import annotations
 
 import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..build.driver import build
+from ..log import info
 from ..machine import guest, migration
 from ..machine.netns import Link
 from ..machine.vm import VM, Disk
 from ..paths import Layout
 from ..util.poll import PollTimeout, until
+from ..util.results import save
 from ..util.table import markdown_table
 from ..util.units import GiB, KiB, MiB, TiB
 
@@ -273,6 +276,8 @@ def run(layout: Layout, scenario: str,
                        retry, ok)
 
 
+#: The postcopy-failure runs of ``check faults``: (flavour, live).
+POSTCOPY_RUNS = (("stock", False), ("patched", False), ("patched", True))
 #: disk bytes dirtied before the live postcopy-failure scenario
 POSTCOPY_DENSE = 128 * GiB
 
@@ -314,25 +319,44 @@ def postcopy_failure(layout: Layout, flavour: str, live: bool,
 
 def main(layout: Layout) -> int:
     """``pyqemu check faults``: every scenario and the postcopy failure on
-    each build, as a table; exit 1 if anything is not as it must be."""
+    each build, one line each as it ends, then a table, saved under
+    ``<cache>/bench/faults/``; exit 1 if anything is not as it must be."""
     build(layout)
     rows, ok = [], True
-    for scenario in SCENARIOS:
+    total = len(SCENARIOS) + len(POSTCOPY_RUNS)
+    for n, scenario in enumerate(SCENARIOS, 1):
+        start = time.monotonic()
         r = run(layout, scenario)
         ok &= r.ok
+        info(f"fault {n}/{total}, {scenario}: "
+             f"{'as it must be' if r.ok else 'NOT as it must be'} "
+             f"({r.outcome}; {time.monotonic() - start:.0f} s)")
         rows.append((r.scenario, r.outcome,
                      "yes" if r.source_running else "NO",
                      "yes" if r.bitmaps_intact else "NO", r.destination,
                      r.retry))
-    for flavour, live in (("stock", False), ("patched", False),
-                          ("patched", True)):
+    for n, (flavour, live) in enumerate(POSTCOPY_RUNS, len(SCENARIOS) + 1):
+        start = time.monotonic()
+        name = (f"postcopy, destination killed ({flavour}"
+                f"{', live' if live else ''})")
         got = postcopy_failure(layout, flavour, live)
         same = got == POSTCOPY_FAILURE
         ok &= same
-        rows.append((f"postcopy, destination killed ({flavour}"
-                     f"{', live' if live else ''})", "/".join(got), "-", "-",
+        info(f"fault {n}/{total}, {name}: "
+             f"{'as stock must end' if same else 'DIFFERS from stock'} "
+             f"({'/'.join(got)}; {time.monotonic() - start:.0f} s)")
+        rows.append((name, "/".join(got), "-", "-",
                      "-", "as stock must end" if same else
                      f"DIFFERS from {'/'.join(POSTCOPY_FAILURE)}"))
-    print(markdown_table(("scenario", "outcome", "source running",
-                          "bitmaps intact", "destination", "retry"), rows))
+    header = ("scenario", "outcome", "source running", "bitmaps intact",
+              "destination", "retry")
+    text = markdown_table(header, rows)
+    out = save(layout, "faults", text,
+               {"ok": ok, "rows": [dict(zip(header, r, strict=True))
+                                       for r in rows]})
+    print(text)
+    print(f"wrote {out / 'results.md'}\nwrote {out / 'results.json'}")
+    print("result: " + ("every fault ended as it must" if ok else
+                        "FAILED: a fault did not end as it must (see the "
+                        "table)") + f" ({len(rows)} scenarios)")
     return 0 if ok else 1

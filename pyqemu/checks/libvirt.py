@@ -642,12 +642,15 @@ def main(layout: Layout,
     build(layout)
     check = run_all(layout, flavours)
     text = report(check)
-    save(layout, "libvirt", text, {
+    out = save(layout, "libvirt", text, {
         "probes": [dict(asdict(p), binary=str(p.binary))
                    for p in check.probes],
         "domcapabilities": check.domcaps,
         "results": [dict(asdict(r), downtime_ms=r.downtime_ms, ok=r.ok,
                          bitmap_travelled=travel(r))
                     for r in check.results]})
-    print(text)
+    *body, verdict = text.splitlines()
+    print("\n".join(body))
+    print(f"wrote {out / 'results.md'}\nwrote {out / 'results.json'}")
+    print(f"result: {verdict}")
     return 0 if check.ok else 1
