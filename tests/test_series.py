@@ -15,7 +15,7 @@ from pyqemu.tree import series
 
 #: Patches whose context includes hbitmap_set()'s definition in
 #: util/hbitmap.c: the drift below must make each of them fail.
-FAIL_ON_DRIFT = ("0010-", "0011-", "0015-", "0016-")
+FAIL_ON_DRIFT = ("0011-", "0012-", "0016-", "0017-")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 
@@ -150,3 +150,18 @@ def test_only_justified_checkpatch_warnings_are_waived(workdir):
     assert [p.split("'")[1] if "'" in p else p for p in problems] == \
         ["docs/x.rst",
          "checkpatch WARNING: added, moved or deleted file(s): util/new.c"]
+
+
+def test_the_fixes_come_first() -> None:
+    """series.FIXES is the prefix that the fixes flavour builds and whose
+    tests series check runs on each parent: every patch that asks for
+    qemu-stable is in it, and the first patch after it is not a fix."""
+    patches = series.patches()
+    fixes = series.fixes(patches)
+    stable = [p.path.name for p in patches
+              if "Cc: qemu-stable@nongnu.org" in p.path.read_text()]
+    assert stable, "no patch asks for qemu-stable: the test lost its point"
+    assert set(stable) <= {p.path.name for p in fixes}, stable
+    after = patches[len(fixes)]
+    assert "Cc: qemu-stable" not in after.path.read_text()
+    assert "] hbitmap: track changes" in after.subject, after.subject

@@ -21,6 +21,13 @@ from .stock import BASE_TAG
 
 PATCH_DIR = REPO / "patches"
 
+#: The series starts with its fixes: patches 1 to FIXES, each usable on
+#: its own, are what a distribution could carry without the live mode
+#: (the "fixes" flavour builds them alone).  tests/test_series.py holds
+#: the number to the patches: every patch that asks for qemu-stable is
+#: among them, and the next one is the first of the feature.
+FIXES = 10
+
 
 class SeriesError(PyqemuError):
     """A patch of the series does not apply; the message names it."""
@@ -37,6 +44,11 @@ def patches(directory: Path = PATCH_DIR) -> list[Patch]:
     return [Patch(p, subject_line(p) or p.name)
             for p in sorted(directory.glob("*.patch"))
             if not p.name.startswith("0000-")]
+
+
+def fixes(series: list[Patch]) -> list[Patch]:
+    """The patches that fix defects of stock QEMU: the series' prefix."""
+    return series[:FIXES]
 
 
 def subject_line(patch: Path) -> str:
@@ -86,10 +98,12 @@ def apply_series(tree: Path, series: list[Patch]) -> list[str]:
 
 
 def prepare_patched(layout: Layout, stock: Path,
-                    series: list[Patch] | None = None) -> Path:
-    """Make (or reuse) the patched tree: stock base + the series."""
+                    series: list[Patch] | None = None,
+                    flavour: str = "patched") -> Path:
+    """Make (or reuse) *flavour*'s tree: stock base + *series* (by
+    default all of it)."""
     series = patches() if series is None else series
-    tree = layout.source("patched")
+    tree = layout.source(flavour)
     base = git(stock, "rev-parse", BASE_TAG).stdout.strip()
     want = {"base": base, "series": series_hash(series)}
     if read_stamp(tree) == want:
