@@ -22,7 +22,7 @@ from types import FrameType
 from .build import deps
 from .errors import PyqemuError
 from .log import info
-from .paths import BINARIES, SANITIZED, Layout, layout_for
+from .paths import BINARIES, FLAVOURS, SANITIZED, Layout, layout_for
 from .util.proc import run
 
 #: The program name in usage lines: the README's entry point, which runs
@@ -48,15 +48,16 @@ SIZES = {"small": "64 GiB at 64 KiB granularity",
 
 def cmd_build(args: argparse.Namespace, layout: Layout) -> int:
     from .build.driver import build
-    chosen = tuple(f for f in ("stock", "patched", SANITIZED)
+    chosen = tuple(f for f in (*FLAVOURS, SANITIZED)
                    if getattr(args, f))
-    for r in build(layout, chosen or ("stock", "patched")):
+    for r in build(layout, chosen or FLAVOURS):
         info(f"{r.flavour}: {r.seconds:.1f}s")
     return 0
 
 
 def cmd_which(args: argparse.Namespace, layout: Layout) -> int:
-    print(layout.binary(args.binary, "stock" if args.stock else "patched"))
+    flavour = "stock" if args.stock else "fixes" if args.fixes else "patched"
+    print(layout.binary(args.binary, flavour))
     return 0
 
 
@@ -144,9 +145,12 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
         p.set_defaults(func=func, needs=p.prog.split(" ", 1)[1])
         return p
 
-    p = command(sub, "build", cmd_build, "build stock and/or patched QEMU + shim "
-                                         "(default: both)")
+    p = command(sub, "build", cmd_build, "build stock, fixes-only and/or "
+                                         "patched QEMU + shim (default: all "
+                                         "three)")
     p.add_argument("--stock", action="store_true", help="the stock tree")
+    p.add_argument("--fixes", action="store_true",
+                   help="the tree with the series' fixes only")
     p.add_argument("--patched", action="store_true", help="the patched tree")
     p.add_argument("--asan", action="store_true",
                    help="the patched tree with ASan and UBSan (for fuzzing)")
@@ -156,6 +160,8 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("binary", choices=sorted(BINARIES))
     p.add_argument("--stock", action="store_true",
                    help="the stock build (default: patched)")
+    p.add_argument("--fixes", action="store_true",
+                   help="the build with the series' fixes only")
 
     command(sub, "demo", cmd_demo, "the main job: build both trees and "
                                    "migrate a VM with dirty bitmaps")

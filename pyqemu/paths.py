@@ -16,9 +16,14 @@ from pathlib import Path
 
 from .errors import PyqemuError
 
-#: The two build flavours.  They share every configure flag; only the
-#: source differs (stock = pristine tree, patched = tree + patches/).
-FLAVOURS = ("stock", "patched")
+#: The build flavours, in build order.  They share every configure flag;
+#: only the source differs: stock is the pristine tree, fixes the tree
+#: with the series' fixes only (pyqemu.tree.series.FIXES: what a
+#: distribution could carry without live bitmap migration, the fair
+#: baseline for the feature), patched the tree with all of patches/.
+#: fixes differs from stock in a few files, so ccache makes it cheap
+#: after stock.
+FLAVOURS = ("stock", "fixes", "patched")
 
 #: Built on demand: the patched source with AddressSanitizer and
 #: UndefinedBehaviorSanitizer, for the migration stream fuzzer.

@@ -25,14 +25,16 @@ from ..log import info
 from ..util.poll import PollTimeout, until
 from ..util.proc import run
 
-#: What building QEMU 10.2 (x86_64-softmmu + tools, no default features)
-#: and the shim library needs.  Debian's tarball strips the prebuilt
+#: What building QEMU 10.2 (x86_64-softmmu + tools, no default features
+#: but KVM and zstd) and the shim library needs.  libzstd-dev: zstd
+#: compression of qcow2 clusters, which upstream's iotest 303 needs.
+#: Debian's tarball strips the prebuilt
 #: device trees of pc-bios/dtb, which QEMU's meson then insists on
 #: compiling: hence dtc (device-tree-compiler).
 BUILD = (
     "gcc", "libc6-dev", "ninja-build", "pkgconf", "libglib2.0-dev",
     "zlib1g-dev", "ccache", "flex", "bison", "git", "xz-utils", "perl",
-    "python3-venv", "device-tree-compiler",
+    "python3-venv", "device-tree-compiler", "libzstd-dev",
 )
 
 #: Firmware for ``-machine pc``: Debian strips the blobs from QEMU's source

@@ -57,6 +57,11 @@ CONFIGURE_FLAGS = (
     # change; assertion messages carry file:line anyway, and backtraces
     # still have the (unstripped) symbol names.
     "--disable-debug-info",
+    # Operators run KVM guests: the binaries can, where /dev/kvm is usable
+    # (pyqemu.machine.accel decides per run, and says which it took).
+    "--enable-kvm",
+    # qcow2's zstd compression type (upstream's iotest 303 needs it).
+    "--enable-zstd",
 )
 
 #: The sanitized tree only runs the fuzzer. ASan's own advice is -O1,
@@ -97,6 +102,10 @@ def step_source(layout: Layout, flavour: str, stamp: Path) -> None:
     tree, origin = stock.prepare(layout)
     if flavour in ("patched", SANITIZED):
         tree = series.prepare_patched(layout, tree)
+    elif flavour == "fixes":
+        tree = series.prepare_patched(layout, tree,
+                                      series.fixes(series.patches()),
+                                      flavour)
     update_stamp(stamp, f"/* {origin.describe()} */\n"
                         f"#define PYQEMU_QEMU_TREE_HEAD \"{head(tree)}\"\n")
 
@@ -195,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="pyqemu.build.steps")
     ap.add_argument("step", choices=("source", "configure", "ninja"))
     ap.add_argument("--flavour", required=True,
-                    choices=("stock", "patched", SANITIZED))
+                    choices=("stock", "fixes", "patched", SANITIZED))
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--tag", required=True)
     ap.add_argument("--qemu-src", default="")

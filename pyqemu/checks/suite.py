@@ -27,7 +27,7 @@ from pathlib import Path
 from ..build.driver import build
 from ..errors import PyqemuError
 from ..log import info, warn
-from ..paths import REPO, Layout
+from ..paths import FLAVOURS, REPO, Layout
 from ..util.poll import until
 from ..util.proc import Background, die_with_parent, run
 
@@ -118,7 +118,7 @@ def main(layout: Layout, pytest_args: list[str]) -> int:
         raise PyqemuError(f"{', '.join(missing)} not installed: run "
                           "./run test, or pip install -r requirements-dev.txt")
     start = time.monotonic()
-    build(layout, ("stock", "patched"))
+    build(layout, FLAVOURS)
     info(f"build step took {time.monotonic() - start:.1f}s; running pytest, "
          "the sanitized tree building in the background")
     background = SanitizedBuild(layout)
