@@ -41,8 +41,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, NoReturn
 
 from qemu.qmp import ConnectError, ExecuteError, QMPClient
 
@@ -111,7 +112,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def describe_status(status: Optional[int]) -> str:
+def describe_status(status: int | None) -> str:
     """How a process ended, as a person would say it."""
     if status is None:
         return "still running"
@@ -131,7 +132,7 @@ _CRASH_LINE = re.compile(
     r"double free|corrupted|free\(\)")
 
 
-def crash_lines(log: str) -> List[str]:
+def crash_lines(log: str) -> list[str]:
     return [ln.strip() for ln in log.splitlines() if _CRASH_LINE.search(ln)]
 
 
@@ -145,11 +146,11 @@ class Qemu:
 
     #: every Qemu started by this process, so that main() can kill
     #: whatever is left when the reproducer ends
-    launched: List["Qemu"] = []
+    launched: list[Qemu] = []
 
     def __init__(self, binary: str, workdir: Path, name: str,
                  args: Sequence[str] = (), machine: str = "none",
-                 env: Optional[Dict[str, str]] = None):
+                 env: dict[str, str] | None = None):
         self.binary = binary
         self.name = name
         self.sock = workdir / f"{name}.qmp"
@@ -159,14 +160,14 @@ class Qemu:
                      "-qmp", f"unix:{self.sock},server=on,wait=off",
                      *args]
         self.env = env
-        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.loop = asyncio.new_event_loop()
         self.qmp = QMPClient(name)
-        self.events: List[Dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
 
     # -- life cycle ---------------------------------------------------
 
-    def launch(self) -> "Qemu":
+    def launch(self) -> Qemu:
         env = dict(os.environ, **(self.env or {}))
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -196,7 +197,7 @@ class Qemu:
                     raise
                 time.sleep(0.02)
 
-    def __enter__(self) -> "Qemu":
+    def __enter__(self) -> Qemu:
         return self.launch()
 
     def __exit__(self, *exc: object) -> None:
@@ -216,9 +217,20 @@ class Qemu:
             self._run(self.qmp.disconnect(), 5)
         except Exception:            # noqa: BLE001 - the process is gone
             pass
+        # a wait cut short (a signal) leaves its task behind: end it here
+        # rather than have asyncio complain at exit
+        left = asyncio.all_tasks(self.loop)
+        for task in left:
+            task.cancel()
+        if left:
+            try:
+                self.loop.run_until_complete(
+                    asyncio.gather(*left, return_exceptions=True))
+            except Exception:        # noqa: BLE001 - best effort
+                pass
         self.loop.close()
 
-    def wait_exit(self, timeout: float) -> Optional[int]:
+    def wait_exit(self, timeout: float) -> int | None:
         """The exit status once the process ended, None at the deadline
         (then it still runs)."""
         assert self.proc is not None
@@ -231,7 +243,7 @@ class Qemu:
         return self.proc is not None and self.proc.poll() is None
 
     @property
-    def status(self) -> Optional[int]:
+    def status(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
     def log(self) -> str:
@@ -250,19 +262,20 @@ class Qemu:
 
     # -- QMP ----------------------------------------------------------
 
-    def _run(self, coro: Any, timeout: Optional[float]) -> Any:
+    def _run(self, coro: Any, timeout: float | None) -> Any:
         return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
-    def cmd(self, command: str, /, *, _timeout: float = CMD_TIMEOUT,
-            **args: Any) -> Any:
+    def cmd(self, command: str, /, **args: Any) -> Any:
         """Execute a QMP command; an error reply raises ExecuteError, no
-        reply within *_timeout* seconds raises QmpTimeout."""
+        reply within ``_timeout`` seconds (an argument of its own, not
+        sent; CMD_TIMEOUT by default) raises QmpTimeout."""
+        timeout = float(args.pop("_timeout", CMD_TIMEOUT))
         try:
             return self._run(self.qmp.execute(command, args or None),
-                             _timeout)
-        except asyncio.TimeoutError:
+                             timeout)
+        except TimeoutError:
             raise QmpTimeout(f"{self.name}: {command} got no answer in "
-                             f"{_timeout:.0f} s") from None
+                             f"{timeout:.0f} s") from None
 
     def try_cmd(self, command: str, /, **args: Any) -> Any:
         """The return value, or the error reply as ``{"error": desc}``."""
@@ -288,21 +301,21 @@ class Qemu:
         q = v["qemu"]
         return f"{q['major']}.{q['minor']}.{q['micro']} {v['package']}".strip()
 
-    def commands(self) -> List[str]:
+    def commands(self) -> list[str]:
         return [c["name"] for c in self.cmd("query-commands")]
 
     def _pull(self, timeout: float) -> bool:
         """Move one event into self.events; False at the deadline."""
         try:
             ev = self._run(self.qmp.events.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         self.events.append(dict(ev))
         return True
 
     def wait_event(self, name: str, timeout: float,
-                   match: Optional[Callable[[Dict[str, Any]], bool]] = None
-                   ) -> Optional[Dict[str, Any]]:
+                   match: Callable[[dict[str, Any]], bool] | None = None
+                   ) -> dict[str, Any] | None:
         """The first event called *name* (and matching *match*), taken out
         of the queue; None if it did not come within *timeout* or QEMU
         ended first."""
@@ -317,7 +330,7 @@ class Qemu:
             self._pull(min(left, 0.2))
 
     def wait_migration(self, statuses: Sequence[str], timeout: float
-                       ) -> Optional[str]:
+                       ) -> str | None:
         """Wait for a MIGRATION event with one of *statuses* (needs the
         ``events`` capability); the status, or None."""
         ev = self.wait_event(
@@ -335,7 +348,7 @@ class Qemu:
     def migration_status(self) -> str:
         return str(self.cmd("query-migrate").get("status", "none"))
 
-    def bitmaps(self, node: str) -> Dict[str, Dict[str, Any]]:
+    def bitmaps(self, node: str) -> dict[str, dict[str, Any]]:
         """The dirty bitmaps of *node* by name (query-named-block-nodes
         has them on every version since 4.0)."""
         for n in self.cmd("query-named-block-nodes"):
@@ -388,7 +401,7 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 def main(description: str, run: Callable[[argparse.Namespace, Path], None],
          tools: Sequence[str] = (),
-         extra: Optional[Callable[[argparse.ArgumentParser], None]] = None
+         extra: Callable[[argparse.ArgumentParser], None] | None = None
          ) -> NoReturn:
     """Parse the common options, run *run(args, workdir)* in a private
     temporary directory, kill every QEMU it left, and end with the final
@@ -446,7 +459,8 @@ def run_tool(argv: Sequence[str], timeout: float = 60) -> str:
         p = subprocess.run(list(argv), capture_output=True, text=True,
                            timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise HarnessError(f"{' '.join(argv)} did not end in {timeout} s")
+        raise HarnessError(
+            f"{' '.join(argv)} did not end in {timeout} s") from None
     if p.returncode != 0:
         raise HarnessError(f"{' '.join(argv)}: {describe_status(p.returncode)}"
                            f": {(p.stderr or p.stdout).strip()[-400:]}")

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         reproduced(f"both ends report the migration completed, but the "
                    f"destination stays {dst_state!r}"
                    + (f" ({lock[0]})" if lock else "")
-                   + f" and the source kept its nodes"
+                   + " and the source kept its nodes"
                    + (f" {src_active} active" if src_active else "")
                    + f" with the backup job {jobs[0]['status'] if jobs else 'gone'}")
     if src_active:

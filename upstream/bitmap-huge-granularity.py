@@ -12,8 +12,8 @@ stops answering, and nothing but SIGKILL ends the process.
 Here: a 4 TiB null-co node with a bitmap of 256 MiB granularity,
 migrated to a second QEMU.  Reproduced when the source neither
 completes nor answers query-status within the deadline (the CPU
-time it burns meanwhile is reported).  Fixed when the migration completes with the bitmap equal
-on both ends.
+time it burns meanwhile is reported).  Fixed when the migration
+completes with the bitmap equal on both ends.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from _common import (GiB, MiB, TiB, HarnessError, Qemu, main, note,
 DISK = 4 * TiB
 GRANULARITY = 256 * MiB
 #: seconds the migration gets; the fixed QEMU completes in well under one
-DEADLINE = 6.0
+DEADLINE = 4.0
 
 
 def node() -> str:

@@ -39,7 +39,7 @@ BANDWIDTH = 16 * MiB        # bytes/s
 DOWNTIME_MS = 300
 THRESHOLD = BANDWIDTH * DOWNTIME_MS // 1000
 #: seconds the migration gets: the fixed estimate completes in about one
-DEADLINE = 5.0
+DEADLINE = 4.0
 PENDING = re.compile(r"dirty_bitmap_(?:state|save)_pending pending (\d+)")
 
 

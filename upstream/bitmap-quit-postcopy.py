@@ -75,7 +75,10 @@ def wait_stalled(src: Qemu, timeout: float) -> int:
     last = -1
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        wchar = int(re.search(r"wchar: (\d+)", io.read_text()).group(1))
+        m = re.search(r"wchar: (\d+)", io.read_text())
+        if m is None:
+            raise HarnessError(f"no wchar in {io}")
+        wchar = int(m.group(1))
         if wchar == last:
             return wchar
         last = wchar
