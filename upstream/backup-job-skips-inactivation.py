@@ -36,8 +36,20 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import (GiB, KiB, MiB, HarnessError, Qemu, crash_evidence, main,
-                     note, not_reproduced, reproduced, run_tool, start_note)
+from _common import (
+    GiB,
+    HarnessError,
+    KiB,
+    MiB,
+    Qemu,
+    crash_evidence,
+    main,
+    not_reproduced,
+    note,
+    reproduced,
+    run_tool,
+    start_note,
+)
 
 
 def active_nodes(vm: Qemu) -> list:

@@ -22,8 +22,19 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import (GiB, KiB, MiB, HarnessError, Qemu, crash_evidence, main,
-                     note, not_reproduced, reproduced, start_note)
+from _common import (
+    GiB,
+    HarnessError,
+    KiB,
+    MiB,
+    Qemu,
+    crash_evidence,
+    main,
+    not_reproduced,
+    note,
+    reproduced,
+    start_note,
+)
 
 SIZE = 64 * GiB
 NAMES = ("b0", "b1", "b2", "b3")

@@ -20,8 +20,18 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import (KiB, MiB, HarnessError, Qemu, main, note,
-                     not_reproduced, reproduced, run_tool, start_note)
+from _common import (
+    HarnessError,
+    KiB,
+    MiB,
+    Qemu,
+    main,
+    not_reproduced,
+    note,
+    reproduced,
+    run_tool,
+    start_note,
+)
 
 
 def image_bitmaps(qemu_img: str, image: Path) -> list:

@@ -22,8 +22,18 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import (GiB, MiB, TiB, HarnessError, Qemu, main, note,
-                     not_reproduced, reproduced, start_note)
+from _common import (
+    GiB,
+    HarnessError,
+    MiB,
+    Qemu,
+    TiB,
+    main,
+    not_reproduced,
+    note,
+    reproduced,
+    start_note,
+)
 
 DISK = 4 * TiB
 GRANULARITY = 256 * MiB

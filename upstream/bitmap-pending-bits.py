@@ -27,8 +27,18 @@ import re
 import time
 from pathlib import Path
 
-from _common import (MiB, TiB, HarnessError, Qemu, main, note,
-                     not_reproduced, reproduced, cannot_run, start_note)
+from _common import (
+    HarnessError,
+    MiB,
+    Qemu,
+    TiB,
+    cannot_run,
+    main,
+    not_reproduced,
+    note,
+    reproduced,
+    start_note,
+)
 
 DISK = 4 * TiB
 GRANULARITY = MiB

@@ -49,8 +49,19 @@ import subprocess
 import time
 from pathlib import Path
 
-from _common import (KiB, TiB, HarnessError, Qemu, cannot_run, crash_evidence,
-                     main, note, not_reproduced, reproduced, start_note)
+from _common import (
+    HarnessError,
+    KiB,
+    Qemu,
+    TiB,
+    cannot_run,
+    crash_evidence,
+    main,
+    not_reproduced,
+    note,
+    reproduced,
+    start_note,
+)
 
 DISK = 16 * TiB
 NB_BITMAPS = 4

@@ -17,8 +17,19 @@ import argparse
 import os
 from pathlib import Path
 
-from _common import (GiB, KiB, MiB, HarnessError, Qemu, crash_evidence, main,
-                     note, not_reproduced, reproduced, start_note)
+from _common import (
+    GiB,
+    HarnessError,
+    KiB,
+    MiB,
+    Qemu,
+    crash_evidence,
+    main,
+    not_reproduced,
+    note,
+    reproduced,
+    start_note,
+)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:

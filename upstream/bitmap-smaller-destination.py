@@ -29,8 +29,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import (GiB, KiB, MiB, HarnessError, Qemu, crash_evidence,
-                     main, note, not_reproduced, reproduced, start_note)
+from _common import (
+    GiB,
+    HarnessError,
+    KiB,
+    MiB,
+    Qemu,
+    crash_evidence,
+    main,
+    not_reproduced,
+    note,
+    reproduced,
+    start_note,
+)
 
 GRANULARITY = 64 * KiB
 

@@ -23,9 +23,21 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import (GiB, KiB, MiB, TiB, HarnessError, Qemu, crash_evidence,
-                     main, note, not_reproduced, reproduced, run_tool,
-                     start_note)
+from _common import (
+    GiB,
+    HarnessError,
+    KiB,
+    MiB,
+    Qemu,
+    TiB,
+    crash_evidence,
+    main,
+    not_reproduced,
+    note,
+    reproduced,
+    run_tool,
+    start_note,
+)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:

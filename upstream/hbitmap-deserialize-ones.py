@@ -22,8 +22,18 @@ import argparse
 import struct
 from pathlib import Path
 
-from _common import (KiB, MiB, HarnessError, Qemu, main, note,
-                     not_reproduced, reproduced, run_tool, start_note)
+from _common import (
+    HarnessError,
+    KiB,
+    MiB,
+    Qemu,
+    main,
+    not_reproduced,
+    note,
+    reproduced,
+    run_tool,
+    start_note,
+)
 
 GRANULARITY = 64 * KiB
 SIZE = MiB + GRANULARITY        # 17 granules: not a multiple of 64

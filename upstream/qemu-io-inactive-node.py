@@ -17,8 +17,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import (HarnessError, MiB, Qemu, crash_evidence, main, note,
-                     not_reproduced, reproduced, start_note)
+from _common import (
+    HarnessError,
+    MiB,
+    Qemu,
+    crash_evidence,
+    main,
+    not_reproduced,
+    note,
+    reproduced,
+    start_note,
+)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
