@@ -92,6 +92,11 @@ def cmd_check_backup(args: argparse.Namespace, layout: Layout) -> int:
     return backup.main(layout, tuple(dict.fromkeys(args.size or SIZES)))
 
 
+def cmd_check_upstream(args: argparse.Namespace, layout: Layout) -> int:
+    from .checks import reproducers
+    return reproducers.main(layout)
+
+
 def cmd_series_check(args: argparse.Namespace, layout: Layout) -> int:
     from .checks import seriescheck
     return seriescheck.main(layout, args.quick)
@@ -193,6 +198,9 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--size", action="append", choices=tuple(SIZES),
                    help="only this size (repeatable; default: both): "
                         + "; ".join(f"{k} = {v}" for k, v in SIZES.items()))
+    command(what, "upstream", cmd_check_upstream,
+            "the upstream/ reproducers against Debian's QEMU 7.2, stock "
+            "and patched; table")
 
     series = sub.add_parser("series", help="check the patch series, or write "
                                            "its cover letter")

@@ -94,6 +94,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "check libvirt": _union(BUILD, FIRMWARE, LIBVIRT),
     "check fuzz": _union(BUILD, FIRMWARE),
     "check backup": _union(BUILD, FIRMWARE, LINUX_GUEST),
+    "check upstream": _union(BUILD, FIRMWARE, PEERS, CALLGRIND),
     "series check": _union(BUILD, FIRMWARE),
     "series cover-letter": _union(BUILD, FIRMWARE, NETNS, LINUX_GUEST,
                                   CALLGRIND),
