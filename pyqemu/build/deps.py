@@ -42,9 +42,10 @@ BUILD = (
 FIRMWARE = ("seabios", "qemu-system-data")
 
 #: Network namespaces (:mod:`pyqemu.machine.netns`): ``ip netns``, ``tc``,
-#: and ``sysctl`` for the namespaces' TCP settings (procps is not in a
-#: minimal Debian).
-NETNS = ("iproute2", "procps")
+#: ``sysctl`` for the namespaces' TCP settings (procps is not in a
+#: minimal Debian), and ``nft`` to drop packets (the kernels here have no
+#: netem).
+NETNS = ("iproute2", "procps", "nftables")
 
 #: The libvirt hosts (:mod:`pyqemu.machine.libvirt`): bookworm's libvirt
 #: 9.0 daemon, its QEMU driver, virsh and virtnbdbackup (with

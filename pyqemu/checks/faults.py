@@ -70,18 +70,18 @@ class FaultResult:
     ok: bool
 
 
-def _disks() -> list[Disk]:
+def disks() -> list[Disk]:
     return [Disk("disk0", DISK, device="ide-hd,bus=ide.0,unit=1")]
 
 
-def _mapping() -> list[dict]:
+def mapping() -> list[dict]:
     """Migrate the bm-* bitmaps only: the ref-* twins stay behind."""
     return [{"node-name": "disk0", "alias": "disk0",
              "bitmaps": [{"name": f"bm-{g}", "alias": f"bm-{g}"}
                          for g in GRANULARITIES]}]
 
 
-def _caps(live: bool = True) -> dict[str, bool]:
+def caps(live: bool = True) -> dict[str, bool]:
     """The scenarios' capabilities.  With the return path the source waits
     for the destination to confirm: without it, a source whose last bytes
     fit in its socket buffers reports 'completed' over a link that is
@@ -92,7 +92,7 @@ def _caps(live: bool = True) -> dict[str, bool]:
     return caps
 
 
-def _add_twin_bitmaps(src: VM) -> None:
+def add_twin_bitmaps(src: VM) -> None:
     """bm-X and ref-X, created atomically so they see the same writes."""
     actions = []
     for g, gran in GRANULARITIES.items():
@@ -113,16 +113,16 @@ def twins_equal(src: VM) -> bool:
         src.cmd("cont")
 
 
-def _destination(layout: Layout, link: Link, workdir: Path, name: str) -> VM:
+def destination(layout: Layout, link: Link, workdir: Path, name: str) -> VM:
     """A paused destination listening on the link; never leaked, even if
     its set-up fails half-way."""
-    dst = VM(layout, name, _disks(), "patched", workdir, incoming=True,
+    dst = VM(layout, name, disks(), "patched", workdir, incoming=True,
              boot=guest.boot_disk(layout, workdir, name),
              wrapper=link.wrapper("b"), extra_args=("-S",))
     dst.launch()
     try:
-        migration.set_capabilities(dst, _caps(live=False))
-        migration.set_parameters(dst, {"block-bitmap-mapping": _mapping()})
+        migration.set_capabilities(dst, caps(live=False))
+        migration.set_parameters(dst, {"block-bitmap-mapping": mapping()})
         dst.cmd("migrate-incoming", channels=link.channels(),
                 **{"exit-on-error": False})
     except BaseException:
@@ -131,22 +131,22 @@ def _destination(layout: Layout, link: Link, workdir: Path, name: str) -> VM:
     return dst
 
 
-def _start(src: VM, link: Link, bandwidth: int, pause: bool = True) -> None:
+def start(src: VM, link: Link, bandwidth: int, pause: bool = True) -> None:
     """Start migrating; with *pause*, the source stops at pre-switchover.
 
     The faulted migration does not pause: a stream that fails while the
     source waits at pre-switchover leaves it stopped (finish-migrate) until
     someone sends migrate-continue or migrate_cancel, which is QEMU's
     behaviour with or without the series and not what is tested here."""
-    migration.set_capabilities(src, dict(_caps(),
+    migration.set_capabilities(src, dict(caps(),
                                          **{"pause-before-switchover": pause}))
-    migration.set_parameters(src, {"block-bitmap-mapping": _mapping(),
+    migration.set_parameters(src, {"block-bitmap-mapping": mapping(),
                                    "max-bandwidth": bandwidth,
                                    "downtime-limit": 300})
     src.cmd("migrate", channels=link.channels())
 
 
-def _wait_bulk_phase(src: VM) -> None:
+def wait_bulk_phase(src: VM) -> None:
     """Until some bitmap data is out and much is still to go."""
     until(lambda: migration.query(src).get("dirty-bitmaps", {}),
           lambda bm: bm.get("transferred", 0) > 64 * KiB and
@@ -173,9 +173,9 @@ def _destination_leftovers(dst: VM) -> str:
     return "no bitmaps" if not names else "half-made: " + ", ".join(names)
 
 
-def _complete(src: VM, dst: VM, link: Link) -> str:
+def complete(src: VM, dst: VM, link: Link) -> str:
     """A fast migration to *dst*, checked at the switchover."""
-    _start(src, link, GiB)
+    start(src, link, GiB)
     migration.wait(src, ("pre-switchover",), 120)
     at_switchover = {g: src.sha256("disk0", f"bm-{g}") for g in GRANULARITIES}
     migration.switch_over(src, dst)
@@ -187,11 +187,11 @@ def _complete(src: VM, dst: VM, link: Link) -> str:
     return "completed, bitmaps equal"
 
 
-def _retry(layout: Layout, src: VM, link: Link, workdir: Path) -> str:
+def retry_to_fresh(layout: Layout, src: VM, link: Link, workdir: Path) -> str:
     """After the fault: a migration to a fresh destination."""
-    dst = _destination(layout, link, workdir, "dst-retry")
+    dst = destination(layout, link, workdir, "dst-retry")
     try:
-        result = _complete(src, dst, link)
+        result = complete(src, dst, link)
     except Exception as e:      # reported, not raised: it is a result
         result = f"failed: {e}"
     finally:
@@ -220,7 +220,7 @@ def _break(scenario: str, src: VM, dst: VM, link: Link) -> tuple[str, str]:
     return outcome, leftovers
 
 
-def _source_runs(src: VM) -> bool:
+def source_runs(src: VM) -> bool:
     """The source VM is running and its guest still writes.
 
     The migration's status turns 'failed' before its cleanup restarts a
@@ -250,25 +250,25 @@ def run(layout: Layout, scenario: str,
     with tempfile.TemporaryDirectory(prefix="pq-f-", dir="/tmp") as tmp:
         workdir = workdir or Path(tmp)
         with Link(rate="100mbit") as link:
-            src = VM(layout, "src", _disks(), "patched", workdir,
+            src = VM(layout, "src", disks(), "patched", workdir,
                      boot=guest.boot_disk(layout, workdir, "src"),
                      wrapper=link.wrapper("a"))
             with src:
-                _add_twin_bitmaps(src)
+                add_twin_bitmaps(src)
                 src.dirty("disk0", *DENSE)
                 guest.wait_progress(src.serial_log, 64)
-                dst = _destination(layout, link, workdir, "dst")
+                dst = destination(layout, link, workdir, "dst")
                 try:
-                    _start(src, link, 2 * MiB, pause=False)
-                    _wait_bulk_phase(src)
+                    start(src, link, 2 * MiB, pause=False)
+                    wait_bulk_phase(src)
                     outcome, leftovers = _break(scenario, src, dst, link)
-                    running = _source_runs(src)
+                    running = source_runs(src)
                     intact = twins_equal(src)
                 finally:
                     dst_problem = dst.shutdown().problem()
                 if dst_problem:
                     leftovers = f"destination ended badly: {dst_problem}"
-                retry = _retry(layout, src, link, workdir)
+                retry = retry_to_fresh(layout, src, link, workdir)
     ok = (outcome in ("cancelled", "failed") and running and intact and
           leftovers in ("no bitmaps", "process gone") and
           retry == "completed, bitmaps equal")
@@ -305,10 +305,10 @@ def postcopy_failure(layout: Layout, flavour: str, live: bool,
                 src.dirty("disk0", 0, POSTCOPY_DENSE)
             # Bitmap postcopy ignores max-bandwidth: without its own
             # limit it may be over before the destination is killed
-            migration.start(src, dst, f"unix:{workdir}/m.sock", _caps(live),
+            migration.start(src, dst, f"unix:{workdir}/m.sock", caps(live),
                             {"max-bandwidth": 4 * MiB,
                              "max-postcopy-bandwidth": 256 * KiB},
-                            dst_caps=_caps(live=False))
+                            dst_caps=caps(live=False))
             migration.wait(src, ("active",), 30)
             src.cmd("migrate-start-postcopy")
             migration.wait(src, ("postcopy-active",), 30)
@@ -348,6 +348,41 @@ def main(layout: Layout) -> int:
         rows.append((name, "/".join(got), "-", "-",
                      "-", "as stock must end" if same else
                      f"DIFFERS from {'/'.join(POSTCOPY_FAILURE)}"))
+    from . import links  # stalls and slow links (links imports us)
+    for how in links.STALLS:
+        for end in links.ENDS:
+            st = links.stall(layout, how, end)
+            good = (st.outcome in ("cancelled", "failed") and
+                    st.slowest < 1 and st.source_running and
+                    st.bitmaps_intact and st.retry.endswith("bitmaps equal"))
+            ok &= good
+            info(f"stall, {how}, then {end}: "
+                 f"{'as it must be' if good else 'NOT as it must be'} "
+                 f"(query-migrate median {st.query_median * 1000:.1f} ms, "
+                 f"slowest answer {st.slowest * 1000:.0f} ms, ended "
+                 f"{st.end_s * 1000:.0f} ms after the {end})")
+            rows.append((f"destination stalls ({how}), then {end}",
+                         f"{st.outcome} after {st.end_s * 1000:.0f} ms; "
+                         f"monitor median {st.query_median * 1000:.1f} ms, "
+                         f"max {st.slowest * 1000:.0f} ms",
+                         "yes" if st.source_running else "NO",
+                         "yes" if st.bitmaps_intact else "NO", "-", st.retry))
+    for setting in links.SLOW:
+        sr = links.slow(layout, setting)
+        good = sr.bitmaps_equal and sr.query_max_s < 1
+        ok &= good
+        detail = (f"downtime {sr.downtime_ms:.1f} ms"
+                  if sr.outcome == "completed" else sr.outcome)
+        info(f"slow link, {links.SLOW[setting]}: {detail}; "
+             f"{'as it must be' if good else 'NOT as it must be'}")
+        rows.append((f"slow link: {links.SLOW[setting]}", detail,
+                     "yes" if sr.source_running else "NO",
+                     "yes" if sr.bitmaps_equal else "NO", "-", "-"))
+    status, kept = links.postcopy_recovery(layout)
+    ok &= status == "recovered" and not kept.startswith("DIFFER")
+    info(f"live postcopy paused and recovered: {status}; bitmaps {kept}")
+    rows.append(("live postcopy, migrate-pause, then recovery", status,
+                 "-", kept, "-", "-"))
     header = ("scenario", "outcome", "source running", "bitmaps intact",
               "destination", "retry")
     text = markdown_table(header, rows)

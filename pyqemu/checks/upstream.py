@@ -30,7 +30,8 @@ BITMAP_IOTESTS = (
 SERIES_IOTESTS = ("migrate-bitmaps-pending", "migrate-bitmaps-cancel",
                   "migrate-bitmaps-size-mismatch",
                   "migrate-bitmaps-huge-granularity",
-                  "migrate-bitmaps-resize", "migrate-bitmaps-quit",
+                  "migrate-bitmaps-resize", "migrate-bitmaps-grow",
+                  "migrate-bitmaps-quit", "migrate-bitmaps-backup",
                   "qemu-io-inactive-node", "migrate-bitmaps-live",
                   "migrate-bitmaps-sparse", "dirty-bitmap-regions")
 

@@ -23,11 +23,15 @@ import os
 import random
 import re
 import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..build import deps
 from ..errors import PyqemuError
+from ..paths import REPO
 from ..util.poll import PollTimeout, until
 from ..util.proc import run
 
@@ -163,12 +167,69 @@ class Link:
                 _ip("-n", ns, "link", "set", dev, "up")
                 run([*self.wrapper(side), "sysctl", "-q", "-w",
                      f"net.ipv4.tcp_retries2={TCP_RETRIES2}"])
-                if self.rate:
-                    run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root",
-                         "tbf", "rate", self.rate, "burst", "64kb",
-                         "latency", "200ms"])
+                self._limit(side)
             self._cleanup = stack.pop_all()
         return self
+
+    def _limit(self, side: str) -> None:
+        """The link's rate limit on one side (or none)."""
+        ns, dev = self.ns[side], self.dev[side]
+        if self.rate:
+            run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root",
+                 "tbf", "rate", self.rate, "burst", "64kb", "latency",
+                 "200ms"])
+        else:
+            run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"],
+                check=False)
+
+    def drop(self, percent: int) -> None:
+        """Drop *percent* of the packets that arrive on either side (100:
+        a partition, the link up but nothing getting through), with
+        nftables: these kernels have no ``tc netem``."""
+        rule = ("drop" if percent >= 100 else
+                f"numgen random mod 100 < {percent} drop")
+        for side in "ab":
+            run([*self.wrapper(side), "nft", "-f", "-"], input=(
+                "table inet pqdrop {\n"
+                " chain input {\n"
+                "  type filter hook input priority 0;\n"
+                f"  iifname \"{self.dev[side]}\" {rule}\n"
+                " }\n"
+                "}\n"))
+
+    def undrop(self) -> None:
+        """Undo :meth:`drop`."""
+        for side in "ab":
+            run([*self.wrapper(side), "nft", "delete", "table", "inet",
+                 "pqdrop"], check=False)
+
+    def limit(self, rate: str | None) -> None:
+        """Change the link's rate limit (``tc tbf``; None: none)."""
+        self.rate = rate
+        for side in "ab":
+            self._limit(side)
+
+    @contextlib.contextmanager
+    def delayed(self, seconds: float, port: int = MIGRATION_PORT
+                ) -> Iterator[list[dict]]:
+        """A relay on side ``b`` that forwards to *port* there with
+        *seconds* more latency each way (:mod:`pyqemu.machine.relay`);
+        yields the channels a source connects to instead of
+        :meth:`channels`."""
+        relay_port = port + 100
+        proc = subprocess.Popen(
+            [*self.wrapper("b"), sys.executable, "-m", "pyqemu.machine.relay",
+             f"{self.addr['b']}:{relay_port}", f"{self.addr['b']}:{port}",
+             str(seconds)], stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO)))
+        try:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise NetnsError("the delaying relay did not start")
+            yield self.channels(relay_port)
+        finally:
+            proc.kill()
+            proc.wait()
 
     def cut(self) -> None:
         """Take the link down on the source side: packets stop flowing."""
