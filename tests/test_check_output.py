@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyqemu.checks import backup, faults, libvirt
+from pyqemu.checks import backup, faults, libvirt, links
 from pyqemu.checks.fuzz import campaign
 from pyqemu.checks.fuzz import report as fuzz_report
 from pyqemu.paths import Layout
@@ -44,6 +44,13 @@ def test_check_faults_prints_each_scenario_and_a_result(layout, monkeypatch,
     monkeypatch.setattr(faults, "run", run)
     monkeypatch.setattr(faults, "postcopy_failure",
                         lambda layout, flavour, live: faults.POSTCOPY_FAILURE)
+    monkeypatch.setattr(links, "stall", lambda layout, how, end: links.StallResult(
+        how, end, "patched", [0.001] * 3, 0.001, 0.002, 0.01, "cancelled",
+        True, True, "completed, bitmaps equal"))
+    monkeypatch.setattr(links, "slow", lambda layout, setting: links.SlowResult(
+        setting, "completed", 3.0, 0.01, True, True))
+    monkeypatch.setattr(links, "postcopy_recovery",
+                        lambda layout: ("recovered", "all equal"))
     assert faults.main(layout) == 1
     out, err = capsys.readouterr()
     progress = [ln for ln in err.splitlines() if "] fault " in ln]

@@ -114,21 +114,31 @@ def test_bad_qmp_input_is_refused_and_changes_nothing(layout, workdir):
         assert vm.all_sha256() == before
 
 
-def test_live_capability_alone_is_inert_not_an_error(layout, workdir):
-    """A manager that toggles dirty-bitmaps without knowing the new
-    capability must never fail to start a migration because of it: the
-    capability can be set on its own (and by -global), and does nothing
-    without dirty-bitmaps."""
+def test_live_capability_requires_dirty_bitmaps(layout, workdir):
+    """dirty-bitmaps-live modifies dirty-bitmaps: alone, or left on while
+    dirty-bitmaps goes off, it is an error that changes nothing (as
+    postcopy-preempt is without postcopy-ram), and there is no migration
+    property for it: a manager enables it knowingly, by capability."""
     disks = [Disk("disk0", GiB, bitmaps=BITMAPS[:1])]
-    with VM(layout, "vm", disks, "patched", workdir,
-            extra_args=("-global", "migration.x-dirty-bitmaps-live=on")) as vm:
+    with VM(layout, "vm", disks, "patched", workdir) as vm:
+        with pytest.raises(ExecuteError, match="requires capability "
+                           "'dirty-bitmaps'"):
+            vm.cmd("migrate-set-capabilities", capabilities=[
+                {"capability": "dirty-bitmaps-live", "state": True}])
+        vm.cmd("migrate-set-capabilities", capabilities=[
+            {"capability": "dirty-bitmaps", "state": True},
+            {"capability": "dirty-bitmaps-live", "state": True}])
+        with pytest.raises(ExecuteError, match="requires capability "
+                           "'dirty-bitmaps'"):
+            vm.cmd("migrate-set-capabilities", capabilities=[
+                {"capability": "dirty-bitmaps", "state": False}])
         caps = {c["capability"]: c["state"]
                 for c in vm.cmd("query-migrate-capabilities")}
         assert caps["dirty-bitmaps-live"] is True
-        assert caps["dirty-bitmaps"] is False
-        vm.cmd("migrate-set-capabilities", capabilities=[
-            {"capability": "dirty-bitmaps", "state": False},
-            {"capability": "dirty-bitmaps-live", "state": True}])
+        assert caps["dirty-bitmaps"] is True
+        props = {p["name"] for p in vm.cmd(
+            "qom-list-properties", typename="migration")}
+        assert not any("bitmaps-live" in name for name in props)
 
 
 # -- live precopy ------------------------------------------------------------
