@@ -359,12 +359,6 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
         inside = f"/var/lib/libvirt/images/{dom}"
         dirs = [a.private(inside), b.private(inside)]
     qemu_args: tuple[str, ...] = ()
-    if flavour != "stock":
-        if not p.live_property:
-            raise LibvirtError(f"{p.binary} has no migration property "
-                               "x-dirty-bitmaps-live: not the v2 series")
-        r.live = " ".join(LIVE_ARGS)
-        qemu_args = LIVE_ARGS
     try:
         with _step(r, "create images"):
             for d in dirs:

@@ -165,6 +165,9 @@ class Host:
     root: Path                  # private directories live here
     path: str                   # PATH for tools run on this host
     host_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: the libvirtd this host runs: Debian's (by name) or a build's
+    #: binary, which finds its own driver modules in its build tree
+    libvirtd: str = "libvirtd"
     anchor: subprocess.Popen[str] | None = None     # virtlogd
     daemon: subprocess.Popen[str] | None = None     # libvirtd
 
@@ -275,7 +278,7 @@ class Host:
         _started(f"[host {self.name}] start virtlogd",
                  lambda: (self.root / "run" / "virtlogd-sock").exists(), 30,
                  self.anchor, self.root / "log" / "virtlogd.log")
-        argv = self.enter() + ["libvirtd", "--listen", "--pid-file",
+        argv = self.enter() + [self.libvirtd, "--listen", "--pid-file",
                                "/run/libvirt/libvirtd.pid"]
         self.daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL,
@@ -348,9 +351,13 @@ class Hosts:
     more).
     """
 
-    def __init__(self, qemu_conf_extra: str = "") -> None:
+    def __init__(self, qemu_conf_extra: str = "",
+                 libvirtd: dict[str, Path] | None = None) -> None:
+        """*libvirtd*: a libvirtd binary per host ("a", "b") to run instead
+        of Debian's (a host not named runs Debian's)."""
         self.tag = f"{TAG_PREFIX}{random.randrange(1 << 16):04x}"
         self.qemu_conf_extra = qemu_conf_extra
+        self.libvirtd = dict(libvirtd or {})
         self.workdir = Path(tempfile.mkdtemp(
             prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=tempfile.gettempdir()))
         self.shared = self.workdir / "shared"
@@ -382,7 +389,8 @@ class Hosts:
                              "/usr/sbin", "/sbin"])
             for side in "ab":
                 h = Host(side, self.link.ns[side], self.link.addr[side],
-                         self.workdir / side, path)
+                         self.workdir / side, path,
+                         libvirtd=str(self.libvirtd.get(side, "libvirtd")))
                 self.hosts.append(h)
                 undo.callback(self._stop, h)
                 h.start(self.qemu_conf_extra)
