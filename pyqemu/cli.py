@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -50,8 +51,14 @@ def cmd_build(args: argparse.Namespace, layout: Layout) -> int:
     from .build.driver import build
     chosen = tuple(f for f in (*FLAVOURS, SANITIZED)
                    if getattr(args, f))
-    for r in build(layout, chosen or FLAVOURS):
-        info(f"{r.flavour}: {r.seconds:.1f}s")
+    if chosen or not args.libvirt:
+        for r in build(layout, chosen or FLAVOURS):
+            info(f"{r.flavour}: {r.seconds:.1f}s")
+    if args.libvirt:
+        from .build import libvirt
+        start = time.monotonic()
+        tree = libvirt.build(layout)
+        info(f"libvirt: {tree.libvirtd} ({time.monotonic() - start:.1f}s)")
     return 0
 
 
@@ -157,6 +164,9 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--fixes", action="store_true",
                    help="the tree with the series' fixes only")
     p.add_argument("--patched", action="store_true", help="the patched tree")
+    p.add_argument("--libvirt", action="store_true",
+                   help="bookworm's libvirt with patches/libvirt (alone "
+                        "unless a QEMU tree is named too)")
     p.add_argument("--asan", action="store_true",
                    help="the patched tree with ASan and UBSan (for fuzzing)")
 
@@ -211,7 +221,7 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="checkpatch, metadata and apply only")
     p = command(what, "cover-letter", cmd_cover_letter,
-                "write patches/0000-cover-letter.patch")
+                "write patches/qemu/0000-cover-letter.patch")
     p.add_argument("--reuse", action="store_true",
                    help="use the last benchmark results instead of "
                         "measuring again")

@@ -20,7 +20,7 @@ from .errors import PyqemuError
 #: only the source differs: stock is the pristine tree, fixes the tree
 #: with the series' fixes only (pyqemu.tree.series.FIXES: what a
 #: distribution could carry without live bitmap migration, the fair
-#: baseline for the feature), patched the tree with all of patches/.
+#: baseline for the feature), patched the tree with all of patches/qemu/.
 #: fixes differs from stock in a few files, so ccache makes it cheap
 #: after stock.
 FLAVOURS = ("stock", "fixes", "patched")

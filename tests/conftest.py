@@ -24,6 +24,7 @@ from pyqemu.errors import PyqemuError  # noqa: E402
 from pyqemu.paths import SANITIZED, Layout, layout_for  # noqa: E402
 from pyqemu.shim import ffi  # noqa: E402
 from pyqemu.shim.hbitmap import HBitmap  # noqa: E402
+from pyqemu.tree.libvirt import LibvirtTree  # noqa: E402
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,6 +37,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "background and writes its exit status to FILE: "
                           "the tests that need it wait for that (./run test "
                           "passes it; without it the tree must be built)")
+    parser.addoption("--libvirt-status", type=Path, default=None,
+                     metavar="FILE",
+                     help="the patched libvirt is being built in the "
+                          "background, as --sanitized-status")
 
 
 #: The longest modules (about 2, 1.3 and 1.2 min of a warm run)
@@ -94,6 +99,21 @@ def sanitized(request: pytest.FixtureRequest, layout: Layout) -> Path:
         f"{binary} runs with {found or 'no sanitizer'}, not with " \
         f"{', '.join(suite.SANITIZERS)}: rebuild with " \
         f"'{layout.build_command(SANITIZED)}'"
+    return binary
+
+
+@pytest.fixture(scope="session")
+def libvirtd(request: pytest.FixtureRequest, layout: Layout) -> Path:
+    """The patched libvirt's daemon, which ``./run test`` builds in the
+    background first (about 80 s cold): wait for that build."""
+    try:
+        suite.wait_built(request.config.getoption("libvirt_status"),
+                         "patched libvirt", SANITIZED_BUILD_TIMEOUT)
+    except PyqemuError as e:
+        pytest.fail(str(e))
+    binary = LibvirtTree.of(layout).libvirtd
+    assert binary.exists(), \
+        f"{binary} is missing: run './run build --libvirt'"
     return binary
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from pyqemu.machine.libvirt import (
+    Boot,
     DiskSpec,
     DomainSpec,
     MonitorLog,
@@ -16,7 +17,6 @@ from pyqemu.machine.libvirt import (
     default_machine,
     host_uuid,
 )
-from pyqemu.machine.libvirt.domain import QEMU_NS
 
 #: characters a string-built document would have to escape by hand
 NASTY = "/tmp/a'b\"c<d>&e f"
@@ -33,9 +33,11 @@ def test_domain_xml_carries_any_path_and_argument() -> None:
                       (DiskSpec(f"{NASTY}/boot.img", "hda", "raw"),
                        DiskSpec(f"{NASTY}/disk.qcow2", "hdb")),
                       Path(NASTY) / "serial.log",
-                      qemu_args=("-global", "migration.x-a=on", NASTY))
+                      boot=Boot(Path(NASTY) / "vmlinuz", Path(NASTY) / "init",
+                                f"console=ttyS0 writer.dev={NASTY}"),
+                      virt="kvm", iothreads=1)
     root = ET.fromstring(spec.xml())
-    assert root.tag == "domain" and root.get("type") == "qemu"
+    assert root.tag == "domain" and root.get("type") == "kvm"
     assert root.findtext("name") == "dom<1>"
     assert root.findtext("devices/emulator") == f"{NASTY}/qemu"
     assert [(_attr(d, "source", "file"), _attr(d, "target", "dev"),
@@ -48,15 +50,23 @@ def test_domain_xml_carries_any_path_and_argument() -> None:
     assert _attr(root, "devices/serial/source", "path") == \
         f"{NASTY}/serial.log"
     assert root.find("features/acpi") is not None
-    args = root.findall(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")
-    assert [a.get("value") for a in args] == list(spec.qemu_args)
-    # libvirt wants the prefix declared on the root
-    assert f'xmlns:qemu="{QEMU_NS}"' in spec.xml().splitlines()[0]
+    assert root.findtext("os/kernel") == f"{NASTY}/vmlinuz"
+    assert root.findtext("os/cmdline") == f"console=ttyS0 writer.dev={NASTY}"
+    assert root.find("os/boot") is None
+    assert root.findtext("iothreads") == "1"
 
 
-def test_no_qemu_commandline_without_arguments() -> None:
-    spec = DomainSpec("d", Path("/q"), (), Path("/s"))
-    assert "commandline" not in spec.xml()
+def test_no_qemu_commandline_ever() -> None:
+    """The project reaches the live mode through libvirt itself, never
+    through <qemu:commandline> (the series has no -global for it)."""
+    spec = DomainSpec("d", Path("/q"), (DiskSpec("/d", "vda", bus="virtio",
+                                                 iothread=1),), Path("/s"),
+                      iothreads=1)
+    xml = spec.xml()
+    assert "commandline" not in xml and "qemu:" not in xml
+    root = ET.fromstring(xml)
+    assert _attr(root, "devices/disk/driver", "iothread") == "1"
+    assert _attr(root, "os/boot", "dev") == "hd"
 
 
 def test_libvirts_answers_are_read_as_xml() -> None:

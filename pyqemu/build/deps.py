@@ -54,6 +54,13 @@ NETNS = ("iproute2", "procps", "nftables")
 LIBVIRT = ("libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients",
            "virtnbdbackup", "util-linux") + NETNS
 
+#: Building the patched libvirt (:mod:`pyqemu.build.libvirt`): Debian's
+#: source package tools, and the libraries of the daemon and its QEMU
+#: driver (everything else is configured off).
+LIBVIRT_BUILD = ("dpkg-dev", "libxml2-dev", "libgnutls28-dev",
+                 "libyajl-dev", "libtirpc-dev", "xsltproc", "libxml2-utils",
+                 "gcc", "ninja-build", "pkgconf", "libglib2.0-dev", "ccache")
+
 #: The Linux guest (:mod:`pyqemu.machine.linuxguest`): Debian's own kernel,
 #: booted with an initramfs the project builds from busybox-static and a
 #: writer compiled with gcc -static (hence libc6-dev's libc.a); kmod's
@@ -85,14 +92,14 @@ def _union(*groups: Sequence[str]) -> tuple[str, ...]:
 #: command of the CLI is here, and that each command's list covers the
 #: groups the modules it runs require.
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "build": _union(BUILD, FIRMWARE),
+    "build": _union(BUILD, FIRMWARE, LIBVIRT_BUILD),
     # binary() only looks, but its module builds (and requires those)
     "which": _union(BUILD, FIRMWARE),
     "demo": _union(BUILD, FIRMWARE),
     "test": _union(BUILD, FIRMWARE, NETNS, LINUX_GUEST, LIBVIRT, PEERS,
-                   CALLGRIND),
+                   CALLGRIND, LIBVIRT_BUILD),
     "check faults": _union(BUILD, FIRMWARE, NETNS),
-    "check libvirt": _union(BUILD, FIRMWARE, LIBVIRT),
+    "check libvirt": _union(BUILD, FIRMWARE, LIBVIRT, LIBVIRT_BUILD),
     "check fuzz": _union(BUILD, FIRMWARE),
     "check backup": _union(BUILD, FIRMWARE, LINUX_GUEST),
     "check upstream": _union(BUILD, FIRMWARE, PEERS, CALLGRIND),

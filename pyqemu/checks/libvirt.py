@@ -158,15 +158,14 @@ def domcapabilities(host: Host, p: Probe) -> str:
 
 # -- the domain -----------------------------------------------------------
 
-def domain(name: str, emulator: Path, inside: str, serial: Path,
-           qemu_args: tuple[str, ...] = ()) -> DomainSpec:
+def domain(name: str, emulator: Path, inside: str, serial: Path) -> DomainSpec:
     """The writer guest as a libvirt domain: its boot sector (raw, hda)
     and the disk it writes (qcow2, hdb), both in the directory *inside*
     (a path as the hosts see it)."""
     return DomainSpec(name, emulator,
                       (DiskSpec(f"{inside}/boot.img", "hda", "raw"),
                        DiskSpec(f"{inside}/disk.qcow2", "hdb", "qcow2")),
-                      serial, qemu_args=qemu_args)
+                      serial)
 
 
 # -- results --------------------------------------------------------------
@@ -358,7 +357,6 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
     else:
         inside = f"/var/lib/libvirt/images/{dom}"
         dirs = [a.private(inside), b.private(inside)]
-    qemu_args: tuple[str, ...] = ()
     try:
         with _step(r, "create images"):
             for d in dirs:
@@ -368,7 +366,7 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
                      d / "disk.qcow2", str(DISK_SIZE)],
                     what="create the 4 TiB qcow2")
         xml = base / "domain.xml"
-        xml.write_text(domain(dom, p.binary, inside, serial, qemu_args).xml())
+        xml.write_text(domain(dom, p.binary, inside, serial).xml())
         with _step(r, "define + start"):
             a.virsh("define", "define", str(xml))
             a.virsh("start", "start", dom)

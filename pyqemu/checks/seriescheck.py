@@ -1,6 +1,6 @@
 """``pyqemu series check``: what a maintainer checks before reading a line.
 
-For every patch of ``patches/``: QEMU's ``scripts/checkpatch.pl`` (no
+For every patch of ``patches/qemu/``: QEMU's ``scripts/checkpatch.pl`` (no
 errors, no warnings), a ``Signed-off-by:``, a subject in QEMU's
 ``subsystem: summary`` form; then, unless ``--quick``, for every prefix of
 the series: it applies, builds (incrementally, through the shared ccache,

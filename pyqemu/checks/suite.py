@@ -38,50 +38,76 @@ from ..util.proc import Background, die_with_parent, run
 #: runs the suite serially.
 WORKERS = 2
 
-class SanitizedBuild:
-    """``pyqemu build --asan`` at nice 19, its output in a log file, its
-    exit status written to a file (atomically) when it ends."""
+class BackgroundBuild:
+    """``pyqemu build ARGS`` at nice 19, its output in ``<name>-build.log``,
+    its exit status written (atomically) to ``<name>-build.status`` when
+    it ends, then *after* started: the builds run one after another,
+    never two at once (two cores)."""
 
-    def __init__(self, layout: Layout) -> None:
-        self.log = layout.root / "sanitized-build.log"
-        self.status = layout.root / "sanitized-build.status"
+    def __init__(self, layout: Layout, name: str, args: list[str],
+                 after: "BackgroundBuild | None" = None) -> None:
+        self.layout = layout
+        self.name = name
+        self.args = args
+        self.after = after
+        self.log = layout.root / f"{name}-build.log"
+        self.status = layout.root / f"{name}-build.status"
         self.status.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "pyqemu", "build", "--asan"]
-        if layout.qemu_src is not None:
-            argv += ["--qemu-src", str(layout.qemu_src)]
+        self.job: Background | None = None
+        self.stopped = False
+
+    def start(self) -> "BackgroundBuild":
+        argv = [sys.executable, "-m", "pyqemu", "build", *self.args]
+        if self.layout.qemu_src is not None:
+            argv += ["--qemu-src", str(self.layout.qemu_src)]
         self.job = Background(argv, self.log, nice=19, cwd=REPO,
                               env=dict(os.environ, PYTHONPATH=str(REPO)),
-                              on_exit=self._write_status)
+                              on_exit=self._ended)
+        return self
 
-    def _write_status(self, code: int) -> None:
+    def _ended(self, code: int) -> None:
         tmp = self.status.with_suffix(".tmp")
         tmp.write_text(f"{code}\n")
         tmp.replace(self.status)
+        if self.after is not None and not self.stopped:
+            self.after.start()
 
-    def finish(self) -> int | None:
-        """Stop a build nothing waited for (a selection without the fuzzer
-        tests); return its exit status, None if it was stopped."""
-        if self.job.running():
-            info("stopping the sanitized build: no test needed it")
-            self.job.stop()
-            return None
-        return self.job.wait()
+    def finish(self) -> dict[str, int | None]:
+        """Stop what nothing waited for (a selection without its tests);
+        every build's exit status, None if it was stopped or never ran."""
+        self.stopped = True
+        code: int | None = None
+        if self.job is not None:
+            if self.job.running():
+                info(f"stopping the {self.name} build: no test needed it")
+                self.job.stop()
+            else:
+                code = self.job.wait()
+        done = {self.name: code}
+        if self.after is not None:
+            done.update(self.after.finish())
+        return done
 
 
-def wait_sanitized(status: Path | None, timeout: float) -> None:
-    """For the tests: block until the background build of the sanitized
-    tree has written its exit status to *status* (None: no build runs,
-    the tree is expected built already); raise if it failed."""
+def wait_built(status: Path | None, what: str, timeout: float) -> None:
+    """For the tests: block until the background build of *what* has
+    written its exit status to *status* (None: no build runs, it is
+    expected built already); raise if it failed."""
     if status is None:
         return
-    until(status.exists, bool, timeout, f"the sanitized tree's build (log: "
+    until(status.exists, bool, timeout, f"the {what} build (log: "
           f"{status.with_suffix('.log')}) ended", interval=1)
     code = status.read_text().strip()
     if code != "0":
         log = status.with_suffix(".log")
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-20:])
-        raise PyqemuError(f"building the sanitized tree failed (exit {code}; "
+        raise PyqemuError(f"building {what} failed (exit {code}; "
                           f"log: {log}):\n{tail}")
+
+
+def wait_sanitized(status: Path | None, timeout: float) -> None:
+    """wait_built() for the sanitized tree."""
+    wait_built(status, "sanitized tree", timeout)
 
 
 #: What a binary built with --enable-asan --enable-ubsan must carry
@@ -120,8 +146,11 @@ def main(layout: Layout, pytest_args: list[str]) -> int:
     start = time.monotonic()
     build(layout, FLAVOURS)
     info(f"build step took {time.monotonic() - start:.1f}s; running pytest, "
-         "the sanitized tree building in the background")
-    background = SanitizedBuild(layout)
+         "the patched libvirt, then the sanitized tree building in the "
+         "background")
+    sanitized = BackgroundBuild(layout, "sanitized", ["--asan"])
+    background = BackgroundBuild(layout, "libvirt", ["--libvirt"],
+                                 after=sanitized).start()
     extra = list(pytest_args)
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -130,15 +159,17 @@ def main(layout: Layout, pytest_args: list[str]) -> int:
            "-n", str(WORKERS), "--dist", "loadfile"]
     if layout.qemu_src is not None:
         cmd.append(f"--qemu-src={layout.qemu_src}")
-    cmd.append(f"--sanitized-status={background.status}")
+    cmd.append(f"--sanitized-status={sanitized.status}")
+    cmd.append(f"--libvirt-status={background.status}")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     try:
         code = subprocess.run([*cmd, *extra], cwd=REPO, env=env, check=False,
                               preexec_fn=die_with_parent()).returncode
     finally:
         built = background.finish()
-    if built not in (0, None):
-        # the fuzzer's tests failed on it, if they were selected
-        warn(f"building the sanitized tree failed (exit {built}): see "
-             f"{background.log}")
+    for name, status in built.items():
+        if status not in (0, None):
+            # the tests that needed it failed on it, if they were selected
+            job = sanitized if name == "sanitized" else background
+            warn(f"building {name} failed (exit {status}): see {job.log}")
     return code

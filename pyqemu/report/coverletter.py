@@ -1,4 +1,4 @@
-"""``pyqemu series cover-letter``: patches/0000-cover-letter.patch.
+"""``pyqemu series cover-letter``: patches/qemu/0000-cover-letter.patch.
 
 The letter is ``git format-patch --cover-letter`` output from the patched
 tree (so its shortlog and diffstat are git's), with the subject and blurb
@@ -362,7 +362,7 @@ def blurb(results: dict, overhead: float, fuzzing: str) -> str:
 
 
 def write(layout: Layout, reuse: bool = False) -> Path:
-    """Regenerate patches/0000-cover-letter.patch from *layout*'s patched
+    """Regenerate patches/qemu/0000-cover-letter.patch from *layout*'s patched
     tree; returns its path."""
     if reuse:
         require_saved(layout)

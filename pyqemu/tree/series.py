@@ -1,4 +1,4 @@
-"""Apply the patch series in ``patches/`` to a QEMU tree with ``git am``.
+"""Apply the patch series in ``patches/qemu/`` to a QEMU tree with ``git am``.
 
 The patched tree is a shared clone of the stock tree, so both start from
 the same base commit.  When the series changes, the tree is reset to the
@@ -19,7 +19,9 @@ from ..paths import REPO, Layout
 from .git import clear_stamp, git, read_stamp, sync_clone, write_stamp
 from .stock import BASE_TAG
 
-PATCH_DIR = REPO / "patches"
+PATCH_DIR = REPO / "patches" / "qemu"
+#: The libvirt series, beside it (pyqemu.tree.libvirt applies it)
+LIBVIRT_PATCH_DIR = REPO / "patches" / "libvirt"
 
 #: The series starts with its fixes: patches 1 to FIXES, each usable on
 #: its own, are what a distribution could carry without the live mode

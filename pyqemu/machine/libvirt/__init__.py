@@ -25,6 +25,7 @@ The packages are installed by ``./run test`` and ``./run check libvirt``
 """
 
 from .domain import (
+    Boot,
     CheckpointDisk,
     DiskSpec,
     DomainSpec,
@@ -35,6 +36,6 @@ from .domain import (
 from .hosts import PRIVATE_DIRS, Host, Hosts, LibvirtError, sweep, tail
 from .monitorlog import MonitorLog
 
-__all__ = ["PRIVATE_DIRS", "CheckpointDisk", "DiskSpec", "DomainSpec", "Host",
+__all__ = ["PRIVATE_DIRS", "Boot", "CheckpointDisk", "DiskSpec", "DomainSpec", "Host",
            "Hosts", "LibvirtError", "MonitorLog", "checkpoint_disks",
            "default_machine", "host_uuid", "sweep", "tail"]

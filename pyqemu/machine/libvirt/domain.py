@@ -13,34 +13,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-#: libvirt's namespace for QEMU-specific elements (``<qemu:commandline>``)
-QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-ET.register_namespace("qemu", QEMU_NS)
-
 
 @dataclass(frozen=True)
 class DiskSpec:
     """A file-backed disk: *source* is the path as the host sees it."""
 
     source: str
-    target: str                 # "hda", "hdb", ...
+    target: str                 # "hda", "hdb", "vda" ...
     format: str = "qcow2"       # QEMU's driver type: qcow2, raw
-    bus: str = "ide"
+    bus: str = "ide"            # or "virtio"
+    iothread: int | None = None  # virtio: the iothread serving it
+
+
+@dataclass(frozen=True)
+class Boot:
+    """A direct kernel boot (the Linux guest, pyqemu.machine.linuxguest)."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
 
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """A TCG domain the project's reduced QEMU build can run.
+    """A domain the project's reduced QEMU build can run.
 
+    * *virt*: "kvm" where the machine has a usable /dev/kvm, else "qemu"
+      (TCG): libvirt's domain types.
     * ``<acpi/>``: without it libvirt 9.0 passes ``-no-acpi``, which QEMU
       10 no longer has (removed in 9.2; ``-machine acpi=off`` replaced it).
     * no USB controller, video, graphics, NIC or balloon: the build has
       none of those devices.
     * ``cache='none'`` on every disk: what libvirt wants for a migration
       on shared storage.
-    * *qemu_args* go to ``<qemu:commandline>``: arguments libvirt passes
-      through unchanged, for what libvirt 9.0 does not know (the series'
-      ``-global migration.x-dirty-bitmaps-live=on``).
+    * nothing in ``<qemu:commandline>``: what the domain needs, libvirt
+      itself must know how to ask for.
     """
 
     name: str
@@ -49,17 +56,26 @@ class DomainSpec:
     serial: Path                # COM1 output, appended to this file
     memory_mib: int = 64
     machine: str = "pc"
-    qemu_args: tuple[str, ...] = ()
+    virt: str = "qemu"
+    boot: Boot | None = None    # default: from the first disk
+    iothreads: int = 0
 
     def element(self) -> ET.Element:
-        dom = ET.Element("domain", type="qemu")
+        dom = ET.Element("domain", type=self.virt)
         ET.SubElement(dom, "name").text = self.name
         ET.SubElement(dom, "memory", unit="MiB").text = str(self.memory_mib)
         ET.SubElement(dom, "vcpu").text = "1"
+        if self.iothreads:
+            ET.SubElement(dom, "iothreads").text = str(self.iothreads)
         os_ = ET.SubElement(dom, "os")
         ET.SubElement(os_, "type", arch="x86_64",
                       machine=self.machine).text = "hvm"
-        ET.SubElement(os_, "boot", dev="hd")
+        if self.boot is None:
+            ET.SubElement(os_, "boot", dev="hd")
+        else:
+            ET.SubElement(os_, "kernel").text = str(self.boot.kernel)
+            ET.SubElement(os_, "initrd").text = str(self.boot.initrd)
+            ET.SubElement(os_, "cmdline").text = self.boot.cmdline
         ET.SubElement(ET.SubElement(dom, "features"), "acpi")
         ET.SubElement(dom, "clock", offset="utc")
         ET.SubElement(dom, "on_poweroff").text = "destroy"
@@ -68,8 +84,10 @@ class DomainSpec:
         ET.SubElement(devices, "emulator").text = str(self.emulator)
         for d in self.disks:
             disk = ET.SubElement(devices, "disk", type="file", device="disk")
-            ET.SubElement(disk, "driver", name="qemu", type=d.format,
-                          cache="none")
+            driver = ET.SubElement(disk, "driver", name="qemu",
+                                   type=d.format, cache="none")
+            if d.iothread is not None:
+                driver.set("iothread", str(d.iothread))
             ET.SubElement(disk, "source", file=d.source)
             ET.SubElement(disk, "target", dev=d.target, bus=d.bus)
         ET.SubElement(devices, "controller", type="usb", model="none")
@@ -77,10 +95,6 @@ class DomainSpec:
         ET.SubElement(serial, "source", path=str(self.serial), append="on")
         ET.SubElement(serial, "target", port="0")
         ET.SubElement(devices, "memballoon", model="none")
-        if self.qemu_args:
-            cmdline = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-            for arg in self.qemu_args:
-                ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
         return dom
 
     def xml(self) -> str:

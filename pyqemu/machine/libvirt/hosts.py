@@ -95,16 +95,6 @@ for pair in /etc/libvirt:etc /run/libvirt:run /var/lib/libvirt:lib \
     fi
     mount --bind "$root/${pair##*:}" "$target"
 done
-# The QEMU under test has no KVM.  Where /dev/kvm is usable, libvirt
-# decides at every capabilities lookup that the cached probe (made without
-# KVM) is outdated, and probes the binary again: a dozen times per
-# "virsh define", 25 s.  Here /dev/kvm is a read-only regular file, which
-# libvirt finds unusable, so one probe per binary is kept.
-if [ -e /dev/kvm ]; then
-    : > "$root/no-kvm"
-    mount --bind "$root/no-kvm" /dev/kvm
-    mount -o remount,bind,ro /dev/kvm
-fi
 hostname "$name"
 exec "$@"
 """
