@@ -88,3 +88,30 @@ def build(layout: Layout) -> tree_libvirt.LibvirtTree:
         raise LibvirtBuildError(f"building libvirt failed: {e} (log: {log})"
                                 ) from None
     return tree
+
+
+#: libvirt's own tests of what patches/libvirt touches (migration
+#: parameters and capabilities, the migration cookie, capability probing)
+OWN_TESTS = ("qemumigparamstest", "qemumigrationcookiexmltest",
+             "qemucapabilitiestest")
+
+
+def own_tests(layout: Layout) -> tuple[bool, str]:
+    """Build and run :data:`OWN_TESTS` (and the mock libraries they
+    preload) in the libvirt build; (all passed, meson's summary)."""
+    tree = build(layout)
+    env = dict(ccache_env(layout), CC="ccache gcc")
+    targets = run(["ninja", "-C", str(tree.build), "-t", "targets", "all"],
+                  what="ninja -t targets").stdout
+    mocks = sorted({ln.split(":")[0] for ln in targets.splitlines()
+                    if ln.startswith("tests/lib") and
+                    ln.split(":")[0].endswith("mock.so")})
+    run(["ninja", "-C", str(tree.build), *mocks,
+         *(f"tests/{t}" for t in OWN_TESTS)], env=env,
+        what="ninja (libvirt's tests)")
+    res = run([sys.executable, "-m", "mesonbuild.mesonmain", "test",
+               "-C", str(tree.build), "--no-rebuild", *OWN_TESTS],
+              check=False, what="meson test (libvirt)")
+    summary = [ln.strip() for ln in res.stdout.splitlines()
+               if any(t in ln for t in OWN_TESTS)]
+    return res.returncode == 0, "; ".join(summary)

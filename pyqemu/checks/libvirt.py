@@ -37,16 +37,17 @@ its stderr tail):
    another (a block at the wrong place, which a guest writing the same
    data everywhere could not show).
 
-Every patched domain gets ``dirty-bitmaps-live`` the way an unmodified
-libvirt allows: ``-global migration.x-dirty-bitmaps-live=on`` in
-``<qemu:commandline>`` (libvirt leaves capabilities it does not know
-alone).  Since v2 of the series the capability is inert without
-``dirty-bitmaps``, so it is safe on shared storage too, where libvirt sets
-``dirty-bitmaps`` off and the bitmap travels in the qcow2.  How the bitmap
-travelled in each case is read back, not assumed: the capabilities
-libvirt sent (its QMP log), QEMU's own state of ``dirty-bitmaps-live``
-before the migration, and the patched QEMU's ``dirty-bitmaps`` statistics
-in the last ``query-migrate`` reply libvirt received.
+Two configurations: stock QEMU under Debian's libvirt 9.0, as operators
+run it today, and the patched QEMU under the patched libvirt
+(patches/libvirt, built by ``./run build --libvirt``), which turns
+``dirty-bitmaps-live`` on with ``dirty-bitmaps`` whenever the source QEMU
+has it: with ``--copy-storage-all``, where 9.0 already migrates the
+checkpoint's bitmap, and with shared storage, where 9.0 leaves it to the
+qcow2 (stored by the source and loaded by the destination inside the
+downtime).  Nothing goes through ``<qemu:commandline>``.  How the bitmap
+travelled is read back, not assumed: the capabilities libvirt sent (its
+QMP log) and the patched QEMU's ``dirty-bitmaps`` statistics in the last
+``query-migrate`` reply libvirt received.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from ..build.driver import build
+from ..build.libvirt import build as build_libvirt
 from ..errors import PyqemuError
 from ..machine import guest, images
 from ..machine.libvirt import (
@@ -76,6 +78,7 @@ from ..machine.libvirt import (
     tail,
 )
 from ..paths import Layout
+from ..tree.libvirt import LibvirtTree
 from ..util.proc import run
 from ..util.results import save
 from ..util.table import markdown_table
@@ -100,8 +103,8 @@ WRITES_BETWEEN = 64
 MIGRATE_TIMEOUT = 20
 RAISED_DOWNTIME_MS = 30_000
 GIVE_UP = 180
-#: How a patched domain gets dirty-bitmaps-live through libvirt 9.0.
-LIVE_ARGS = ("-global", "migration.x-dirty-bitmaps-live=on")
+#: (QEMU flavour, libvirt) pairs the check runs: today's, and the series'
+CONFIGS = (("stock", "debian"), ("patched", "ours"))
 
 
 # -- what the QEMU binary offers ------------------------------------------
@@ -113,25 +116,18 @@ class Probe:
     flavour: str
     binary: Path
     capabilities: tuple[str, ...]       # migration capabilities
-    properties: tuple[str, ...]         # of the migration object
 
     @property
     def live_capability(self) -> bool:
         return "dirty-bitmaps-live" in self.capabilities
 
-    @property
-    def live_property(self) -> bool:
-        return "x-dirty-bitmaps-live" in self.properties
-
 
 def probe(layout: Layout, flavour: str) -> Probe:
     """Ask the binary itself (``-M none -qmp stdio``): which migration
-    capabilities and which ``-global migration.*`` properties it has."""
+    capabilities it has."""
     qemu = layout.binary("qemu-system-x86_64", flavour)
     cmds = [{"execute": "qmp_capabilities"},
             {"execute": "query-migrate-capabilities"},
-            {"execute": "qom-list-properties",
-             "arguments": {"typename": "migration"}},
             {"execute": "quit"}]
     res = run([qemu, "-M", "none", "-nodefaults", "-display", "none",
                "-qmp", "stdio"], input="\n".join(map(json.dumps, cmds)) + "\n",
@@ -139,12 +135,11 @@ def probe(layout: Layout, flavour: str) -> Probe:
     replies = [json.loads(line) for line in res.stdout.splitlines()
                if line.startswith("{")]
     returns = [r["return"] for r in replies if "return" in r]
-    if len(returns) < 3:
+    if len(returns) < 2:
         raise LibvirtError(f"probe {flavour} QEMU {qemu}: exit "
                            f"{res.returncode}: {tail(res.stderr)}")
     caps = tuple(c["capability"] for c in returns[1])
-    props = tuple(p["name"] for p in returns[2])
-    return Probe(flavour, qemu, caps, props)
+    return Probe(flavour, qemu, caps)
 
 
 def domcapabilities(host: Host, p: Probe) -> str:
@@ -174,8 +169,8 @@ def domain(name: str, emulator: Path, inside: str, serial: Path) -> DomainSpec:
 class Result:
     flavour: str
     storage: str
-    live: str = "no"                # how dirty-bitmaps-live was enabled
-    live_on: bool | None = None     # QEMU's state of it before migrating
+    libvirt: str = "debian"         # whose libvirtd: "debian" or "ours"
+    live_on: bool | None = None     # libvirt enabled dirty-bitmaps-live
     steps: dict[str, float] = field(default_factory=dict)
     writes: dict[str, int] = field(default_factory=dict)
     jobinfo: dict[str, str] = field(default_factory=dict)
@@ -243,16 +238,6 @@ def _bitmaps(host: Host, dom: str, step: str) -> str:
                        f"granularity={b['granularity'] // KiB} KiB, "
                        f"dirty={b['count'] // KiB} KiB)")
     return ", ".join(out) or "none"
-
-
-def _live_on(host: Host, dom: str) -> bool:
-    """QEMU's own state of dirty-bitmaps-live: whether the ``-global``
-    given through ``<qemu:commandline>`` took effect and libvirt left it
-    so (stock QEMU has no such capability: False)."""
-    caps = _qmp(host, dom, "query-migrate-capabilities",
-                "query-migrate-capabilities")
-    return any(c["capability"] == "dirty-bitmaps-live" and c["state"]
-               for c in caps)
 
 
 def _jobinfo(host: Host, dom: str) -> dict[str, str]:
@@ -392,7 +377,6 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
         r.writes["after full"] = guest.wait_progress(
             serial, guest.progress(serial) + WRITES_BETWEEN, 120)
 
-        r.live_on = _live_on(a, dom)
         mark = a.log_mark()
         flags = ["--live", "--persistent", "--undefinesource"]
         flags += ["--copy-storage-all"] if storage == "copy" else []
@@ -419,6 +403,7 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
             r.caps_sent = tuple(c["capability"] for c in caps)
             r.caps_enabled = tuple(c["capability"] for c in caps
                                    if c["state"])
+        r.live_on = "dirty-bitmaps-live" in r.caps_enabled
         r.bitmap_stats = _bitmap_stats(a, mark)
         for s in qmp.sent("migrate-set-parameters"):
             r.mapping += s["arguments"].get("block-bitmap-mapping", [])
@@ -486,34 +471,45 @@ class Check:
         return bool(self.results) and all(r.ok for r in self.results)
 
 
-def run_all(layout: Layout, flavours: tuple[str, ...] = ("stock", "patched"),
+def libvirtd(layout: Layout, which: str) -> dict[str, Path]:
+    """Hosts(libvirtd=...) for *which* libvirt on both hosts: "debian"
+    (the package's daemon) or "ours" (patches/libvirt's build)."""
+    if which == "debian":
+        return {}
+    daemon = LibvirtTree.of(layout).libvirtd
+    if not daemon.exists():
+        raise LibvirtError(f"{daemon} is missing: run "
+                           "'./run build --libvirt'")
+    return {"a": daemon, "b": daemon}
+
+
+def run_all(layout: Layout, configs: tuple[tuple[str, str], ...] = CONFIGS,
             storages: tuple[str, ...] = STORAGES) -> Check:
-    """Every flavour x storage scenario on one pair of libvirt hosts."""
-    probes = [probe(layout, f) for f in flavours]
-    check = Check(probes, {}, [])
-    hosts = Hosts()
-    with hosts as (a, b):
-        for p in probes:
-            hosts.use_tools({t: layout.binary(t, p.flavour)
+    """Every (QEMU flavour, libvirt) x storage scenario, one pair of
+    libvirt hosts per libvirt."""
+    check = Check([], {}, [])
+    for flavour, which in configs:
+        p = probe(layout, flavour)
+        check.probes.append(p)
+        hosts = Hosts(libvirtd=libvirtd(layout, which))
+        with hosts as (a, b):
+            hosts.use_tools({t: layout.binary(t, flavour)
                              for t in ("qemu-img", "qemu-nbd")})
-            check.domcaps[p.flavour] = domcapabilities(a, p)
+            check.domcaps[flavour] = domcapabilities(a, p)
             for storage in storages:
-                check.results.append(scenario(layout, hosts, a, b, p.flavour,
-                                              storage, p))
+                r = scenario(layout, hosts, a, b, flavour, storage, p)
+                r.libvirt = which
+                check.results.append(r)
     return check
 
 
 def travel(r: Result) -> str:
     """How the checkpoint's bitmap reached the destination, from what was
-    observed: the capabilities libvirt enabled, QEMU's dirty-bitmaps-live
-    and the bytes the patched QEMU counted."""
+    observed: the capabilities libvirt enabled and the bytes the patched
+    QEMU counted."""
     sent = r.bitmap_stats.get("transferred", 0)
     if "dirty-bitmaps" not in r.caps_enabled:
-        how = "in the qcow2 (libvirt: dirty-bitmaps off)"
-        if r.live_on:
-            how += ("; dirty-bitmaps-live on, inert" if not sent else
-                    f"; dirty-bitmaps-live NOT inert: {fmt_bytes(sent)} sent")
-        return how
+        return "in the qcow2 (libvirt: dirty-bitmaps off)"
     if not r.live_on:
         return "migration stream, in the downtime"
     return (f"migration stream, live: {fmt_bytes(sent)} sent, "
@@ -543,13 +539,11 @@ def report(check: Check) -> str:
         out.append(
             f"{p.flavour} QEMU {p.binary}: libvirt domcapabilities -> "
             f"{check.domcaps.get(p.flavour, 'not asked')}; capability "
-            f"dirty-bitmaps-live: {'yes' if p.live_capability else 'no'}; "
-            f"property migration.x-dirty-bitmaps-live: "
-            f"{'yes' if p.live_property else 'no'}")
+            f"dirty-bitmaps-live: {'yes' if p.live_capability else 'no'}")
     rows = []
     for r in check.results:
         rows.append((
-            r.flavour, r.storage,
+            f"{r.flavour} QEMU, {r.libvirt} libvirt", r.storage,
             f"{r.steps.get('virsh migrate', 0):.1f}"
             + (" (limit raised)" if r.raised_downtime else "")
             if r.converged else "not converged",
@@ -562,7 +556,7 @@ def report(check: Check) -> str:
             _yes(r.misplaced_differs)))
     out.append("")
     out.append(markdown_table(
-        ("QEMU", "storage", "virsh migrate s", "downtime ms",
+        ("QEMU, libvirt", "storage", "virsh migrate s", "downtime ms",
          "w/o network ms", "caps libvirt set", "bitmap travelled",
          "writes during", "full backup", "inc backup", "restored == disk",
          "full alone != disk", "block moved != disk"), rows))
@@ -573,10 +567,6 @@ def report(check: Check) -> str:
             out.append(f"{head} FAILED: {r.error}")
         steps = ", ".join(f"{k} {v:.1f}s" for k, v in r.steps.items())
         out.append(f"{head} steps: {steps}")
-        if r.live != "no":
-            out.append(f"{head} <qemu:commandline> {r.live}; QEMU's "
-                       f"dirty-bitmaps-live before migrating: "
-                       f"{_yes(r.live_on)}")
         if r.checkpoint:
             out.append(f"{head} checkpoint-create-as made {r.checkpoint}")
         if r.raised_downtime:
@@ -628,11 +618,12 @@ def report(check: Check) -> str:
 
 
 def main(layout: Layout,
-         flavours: tuple[str, ...] = ("stock", "patched")) -> int:
+         configs: tuple[tuple[str, str], ...] = CONFIGS) -> int:
     """``pyqemu check libvirt``: build if needed, run, print, and save
     under bench/libvirt; exit 1 unless every scenario is as it must be."""
     build(layout)
-    check = run_all(layout, flavours)
+    build_libvirt(layout)
+    check = run_all(layout, configs)
     text = report(check)
     out = save(layout, "libvirt", text, {
         "probes": [dict(asdict(p), binary=str(p.binary))

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..build import deps
+from ..build import libvirt as build_libvirt
 from ..build.steps import ccache_env, configure, link_firmware
 from ..errors import CommandError
 from ..log import info
 from ..paths import Layout
+from ..tree import libvirt as tree_libvirt
 from ..tree import series, stock
 from ..tree.git import sync_clone
 from ..util.proc import run
@@ -290,4 +292,14 @@ def main(layout: Layout, quick: bool) -> int:
         print(r.line())
     print(f"series: {len(reports)} patches, "
           f"{'clean' if clean else 'NOT clean'}")
+    libvirt = [p.path.name for p in tree_libvirt.series()]
+    if quick:
+        tree_libvirt.prepare(layout)
+        print(f"libvirt series: {len(libvirt)} patches apply to "
+              f"{tree_libvirt.VERSION}")
+    else:
+        passed, summary = build_libvirt.own_tests(layout)
+        clean &= passed
+        print(f"libvirt series: {len(libvirt)} patches; libvirt's own "
+              f"tests {'pass' if passed else 'FAIL'}: {summary}")
     return 0 if clean else 1
