@@ -189,6 +189,37 @@ def test_a_background_job_reports_its_end_unasked(workdir):
     assert (workdir / "log").read_text() == "building\n"
 
 
+def test_a_background_job_started_by_another_ones_end_survives(workdir):
+    """./run test chains its builds (libvirt, then the sanitized tree): the
+    second starts in the first one's on_exit.  Its child must not get the
+    first waiter's PR_SET_PDEATHSIG: CI once saw the sanitized build die
+    with -9 and an empty log."""
+    ended = threading.Event()
+    second: list[Background] = []
+
+    def start_second(code: int) -> None:
+        second.append(Background(["sh", "-c", "sleep 1; echo second; exit 3"],
+                                 workdir / "second", nice=5,
+                                 on_exit=lambda c: ended.set()))
+
+    Background(["true"], workdir / "first", nice=5, on_exit=start_second)
+    assert ended.wait(20), "the second job never ended"
+    assert second[0].wait() == 3
+    assert (workdir / "second").read_text() == "second\n"
+
+
+def test_the_suites_build_chain_runs_its_second_build(tmp_path):
+    """The same through suite.BackgroundBuild, the way ./run test uses it:
+    two real ``pyqemu build --help`` runs, the second started by the
+    first's end, both exit 0 (not -9)."""
+    from pyqemu.checks.suite import BackgroundBuild, wait_built
+    layout = Layout(root=tmp_path)
+    second = BackgroundBuild(layout, "second", ["--help"])
+    first = BackgroundBuild(layout, "first", ["--help"], after=second).start()
+    wait_built(second.status, "second", 60)
+    assert first.finish() == {"first": 0, "second": 0}
+
+
 #: One flavour's build, without QEMU: driver.build() with its real lock
 #: and ninja, in a cache of its own, on a build.ninja whose only step
 #: records when it starts and ends (a real build directory would

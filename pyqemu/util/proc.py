@@ -82,10 +82,14 @@ class Background:
     """A command that runs beside the caller at a lower CPU priority, its
     output going to a log file.
 
-    A thread waits for it, so that its end is noted when it happens (its
-    duration in ``seconds``, and *on_exit* called with its exit status)
-    rather than when someone next looks.  The builds use it for work that
-    may overlap a compile without slowing it much."""
+    A thread starts it and waits for it, so that its end is noted when it
+    happens (its duration in ``seconds``, and *on_exit* called with its
+    exit status) rather than when someone next looks.  That same thread
+    forks it because PR_SET_PDEATHSIG fires when the *forking thread*
+    exits: a Background started from another one's *on_exit* (a chain of
+    builds) was killed as soon as the first one's waiter returned.  The
+    builds use it for work that may overlap a compile without slowing it
+    much."""
 
     def __init__(self, argv: Sequence[str | Path], log: Path, *, nice: int,
                  cwd: Path | None = None,
@@ -93,22 +97,33 @@ class Background:
                  on_exit: Callable[[int], None] | None = None) -> None:
         self.log = log
         self.seconds: float | None = None
+        started = threading.Event()
+        failed: list[BaseException] = []
         start = time.monotonic()
-        with log.open("w") as out:
-            self.proc = subprocess.Popen(
-                ["nice", "-n", str(nice), *[str(a) for a in argv]],
-                stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                preexec_fn=die_with_parent())
 
-        def wait() -> None:
+        def spawn_and_wait() -> None:
+            try:
+                with log.open("w") as out:
+                    self.proc = subprocess.Popen(
+                        ["nice", "-n", str(nice), *[str(a) for a in argv]],
+                        stdin=subprocess.DEVNULL, stdout=out,
+                        stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                        preexec_fn=die_with_parent())
+            except BaseException as e:  # reported by the constructor
+                failed.append(e)
+                return
+            finally:
+                started.set()
             code = self.proc.wait()
             self.seconds = time.monotonic() - start
             if on_exit is not None:
                 on_exit(code)
 
-        self._waiter = threading.Thread(target=wait, daemon=True)
+        self._waiter = threading.Thread(target=spawn_and_wait, daemon=True)
         self._waiter.start()
+        started.wait()
+        if failed:
+            raise failed[0]
 
     def running(self) -> bool:
         return self.proc.poll() is None
