@@ -15,6 +15,7 @@ import pytest
 from pyqemu.checks import backup, faults, libvirt, links
 from pyqemu.checks.fuzz import campaign
 from pyqemu.checks.fuzz import report as fuzz_report
+from pyqemu.machine import accel
 from pyqemu.paths import Layout
 
 
@@ -59,6 +60,7 @@ def test_check_faults_prints_each_scenario_and_a_result(layout, monkeypatch,
     assert "cut-link: NOT as it must be" in err
     wrote, last = ending(out)
     assert last.startswith("result: FAILED")
+    assert last.endswith(f"scenarios, guests on {accel.label()})"), last
     assert wrote == [layout.root / "bench" / "faults" / f"results.{x}"
                      for x in ("md", "json")]
     assert all(p.exists() for p in wrote)
@@ -98,6 +100,7 @@ def test_check_backup_ends_with_a_result(layout, monkeypatch, capsys):
     assert backup.main(layout, ("small",)) == 0
     wrote, last = ending(capsys.readouterr().out)
     assert last.startswith("result: restored chain equals the disk: yes")
+    assert last.endswith(f"; guests on {accel.label()})"), last
     assert wrote == [layout.root / "bench" / "backup" / f"results.{x}"
                      for x in ("md", "json")]
 
