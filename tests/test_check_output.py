@@ -21,9 +21,12 @@ from pyqemu.paths import Layout
 
 @pytest.fixture
 def layout(tmp_path, monkeypatch) -> Layout:
-    """A cache of its own (the results go there), nothing built."""
+    """A cache of its own (the results go there), nothing built: neither
+    QEMU nor, for check libvirt, libvirt (into this empty cache, that
+    fetched the source and compiled it: two minutes)."""
     for module in (faults, backup, libvirt):
         monkeypatch.setattr(module, "build", lambda *a, **k: [])
+    monkeypatch.setattr(libvirt, "build_libvirt", lambda *a, **k: None)
     return Layout(tmp_path / "cache")
 
 
