@@ -15,14 +15,18 @@ import pytest
 from pyqemu.checks import backup, faults, libvirt, links
 from pyqemu.checks.fuzz import campaign
 from pyqemu.checks.fuzz import report as fuzz_report
+from pyqemu.machine import accel
 from pyqemu.paths import Layout
 
 
 @pytest.fixture
 def layout(tmp_path, monkeypatch) -> Layout:
-    """A cache of its own (the results go there), nothing built."""
+    """A cache of its own (the results go there), nothing built: neither
+    QEMU nor, for check libvirt, libvirt (into this empty cache, that
+    fetched the source and compiled it: two minutes)."""
     for module in (faults, backup, libvirt):
         monkeypatch.setattr(module, "build", lambda *a, **k: [])
+    monkeypatch.setattr(libvirt, "build_libvirt", lambda *a, **k: None)
     return Layout(tmp_path / "cache")
 
 
@@ -59,6 +63,7 @@ def test_check_faults_prints_each_scenario_and_a_result(layout, monkeypatch,
     assert "cut-link: NOT as it must be" in err
     wrote, last = ending(out)
     assert last.startswith("result: FAILED")
+    assert last.endswith(f"scenarios, guests on {accel.label()})"), last
     assert wrote == [layout.root / "bench" / "faults" / f"results.{x}"
                      for x in ("md", "json")]
     assert all(p.exists() for p in wrote)
@@ -98,6 +103,7 @@ def test_check_backup_ends_with_a_result(layout, monkeypatch, capsys):
     assert backup.main(layout, ("small",)) == 0
     wrote, last = ending(capsys.readouterr().out)
     assert last.startswith("result: restored chain equals the disk: yes")
+    assert last.endswith(f"; guests on {accel.label()})"), last
     assert wrote == [layout.root / "bench" / "backup" / f"results.{x}"
                      for x in ("md", "json")]
 

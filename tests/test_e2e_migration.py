@@ -1,5 +1,5 @@
-"""End to end: two QEMU processes (x86 ``-machine pc`` under TCG), bitmap
-migration over a unix socket, checked through QMP.
+"""End to end: two QEMU processes (x86 ``-machine pc``, on the host's
+accelerator), bitmap migration over a unix socket, checked through QMP.
 
 Writes come from HMP qemu-io on the source.  Stock QEMU aborts when a
 write reaches a node that migration has inactivated, so every test that

@@ -14,7 +14,9 @@ Three parts, in one run on the same machine:
 
 It writes ``results.md``, ``results.json`` and the PNG plots under
 ``<cache>/bench/migrate/``; ``pyqemu series cover-letter`` takes its
-table from there.
+table from there.  Every VM of the run is on the host's accelerator
+(:mod:`pyqemu.machine.accel`): the results say which, first thing, and
+why (``accel`` in the JSON), since KVM and TCG numbers do not compare.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from ..machine import accel
 from ..paths import Layout
 from ..util.results import save
 from . import compare, fill, safety
@@ -38,16 +41,19 @@ def main(layout: Layout, quick: bool = False) -> int:
     sizes = compare.QUICK_SIZES if quick else compare.SIZES
     densities = ("sparse", "full") if quick else fill.DENSITIES
     runs = 3 if quick else compare.RUNS
+    host = accel.detect()
     samples = compare.sweep(layout, sizes, densities, runs)
     summaries = compare.summarize(samples)
     goals = compare.targets(summaries)
     parts = [
+        f"Every guest runs on {host}.",
         "## Every mode, sizes and densities\n\n" + compare.describe(runs),
         compare.table(summaries),
         "Live mode against the targets:",
         compare.targets_table(goals),
     ]
     data: dict[str, Any] = {
+        "accel": {"accel": host.accel, "label": host.label, "why": host.why},
         "params": compare.PARAMS, "runs": runs,
         "samples": [asdict(s) for s in samples],
         "summaries": [asdict(s) for s in summaries],
@@ -57,7 +63,8 @@ def main(layout: Layout, quick: bool = False) -> int:
     compare.plot(summaries, d / "downtime.png")
 
     load = writeload.run(layout, quick)
-    parts += ["## Under write load\n\n" + writeload_report.describe(),
+    parts += ["## Under write load\n\n" +
+              writeload_report.describe(host.label),
               writeload_report.table(load), "Targets under write load:\n\n"
               + writeload_report.targets(load)]
     data["writeload"] = writeload_data(load)
@@ -72,5 +79,6 @@ def main(layout: Layout, quick: bool = False) -> int:
     save(layout, "migrate", md, data)
     print(md)
     print(f"\n(written to {d}/results.md, results.json, downtime.png, "
-          f"writeload.png; {time.monotonic() - start:.0f} s)")
+          f"writeload.png; {time.monotonic() - start:.0f} s, guests on "
+          f"{host.label})")
     return 0

@@ -217,8 +217,9 @@ def _first(events: list[dict], name: str,
 
 def run(layout: Layout, mode: Mode, size: int, count: int, density: str,
         params: dict[str, Any], workdir: Path) -> Sample:
-    """Migrate a fresh ``-machine pc`` TCG VM with a ``null-co`` disk of
-    *size* and *count* bitmaps filled to *density*, in *mode*."""
+    """Migrate a fresh ``-machine pc`` VM (on the host's accelerator, see
+    :mod:`pyqemu.machine.accel`) with a ``null-co`` disk of *size* and
+    *count* bitmaps filled to *density*, in *mode*."""
     bitmaps = tuple(Bitmap(f"bm{i}", GRANULARITY) for i in range(count)) \
         if mode.bitmaps else ()
     disk = Disk("disk0", size, bitmaps=bitmaps)

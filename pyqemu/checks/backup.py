@@ -44,7 +44,7 @@ from qemu.qmp import ExecuteError
 from ..build.driver import build
 from ..errors import PyqemuError
 from ..log import info
-from ..machine import images, linuxguest, migration
+from ..machine import accel, images, linuxguest, migration
 from ..machine.linuxguest import WriterConfig
 from ..machine.vm import VM, Pair
 from ..paths import Layout
@@ -114,6 +114,8 @@ class BackupResult:
     scenario: str
     flavour: str
     live: bool = False
+    #: what the guest ran on, "KVM" or "TCG" ("-": it did not start)
+    accel: str = "-"
     boot_s: float = 0.0
     writes_per_s: float = 0.0
     migration: str = "-"
@@ -243,6 +245,7 @@ def _run(layout: Layout, scenario: Scenario, flavour: str,
               machine=linuxguest.MACHINE,
               memory_mb=linuxguest.MEMORY_MB) as p:
         src, dst = p.src, p.dst
+        res.accel = accel.label(src.accel)
         res.boot_s = linuxguest.wait_started(src.serial_log)
         # some data on the disk before the full backup, so it copies some
         linuxguest.wait_progress(src.serial_log, 4 * report)
@@ -351,7 +354,7 @@ def table(results: list[BackupResult]) -> str:
     rows = []
     for r in results:
         rows.append((
-            r.scenario, r.flavour + (", live" if r.live else ""),
+            r.scenario, r.flavour + (", live" if r.live else ""), r.accel,
             f"{r.boot_s:.1f} s", f"{r.writes_per_s:.0f}/s", r.migration,
             f"{r.total_ms} ms" if r.total_ms is not None else "-",
             f"{r.downtime_ms} ms" if r.downtime_ms is not None else "-",
@@ -359,8 +362,8 @@ def table(results: list[BackupResult]) -> str:
             r.inc_clusters, f"{r.surely_written}-{r.written_clusters}",
             r.extra, r.missing, r.compare, r.stalls, f"{r.seconds:.0f} s"))
     return markdown_table(
-        ("scenario", "build", "boot", "writes", "migration", "total",
-         "downtime", "writes during migration", "full backup clusters",
+        ("scenario", "build", "guest on", "boot", "writes", "migration",
+         "total", "downtime", "writes during migration", "full backup clusters",
          "dirty clusters", "incremental clusters", "written clusters",
          "extra", "missing", "restored chain vs disk", "write stalls",
          "time"), rows)
@@ -390,8 +393,11 @@ def main(layout: Layout, sizes: tuple[str, ...] = ("small", "large")) -> int:
     """``pyqemu check backup``: the chain at every size on the builds that
     can migrate it (and stock at the large size, which must not converge);
     print a table and say on the last line whether every restored chain
-    equals its disk; exit 1 if one does not."""
+    equals its disk, and on which accelerator the guests ran; exit 1 if
+    one does not."""
     build(layout)
+    host = accel.detect()
+    info(f"backup chain: the Linux guests run on {host}")
     runs = [(size, flavour) for size, flavour in
             (("small", "stock"), ("small", "patched"), ("large", "patched"),
              ("large", "stock")) if size in sizes]
@@ -431,6 +437,6 @@ def main(layout: Layout, sizes: tuple[str, ...] = ("small", "large")) -> int:
                  f"{stock_large[0].migration}, UNEXPECTED"))
     print(f"result: restored chain equals the disk: "
           f"{'yes' if restored else 'NO'} "
-          f"({good}/{len(chains)} chains{note})")
+          f"({good}/{len(chains)} chains{note}; guests on {host.label})")
     ok = restored and as_expected
     return 0 if ok else 1

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..build.driver import build
 from ..log import info
-from ..machine import guest, migration
+from ..machine import accel, guest, migration
 from ..machine.netns import Link
 from ..machine.vm import VM, Disk
 from ..paths import Layout
@@ -320,8 +320,12 @@ def postcopy_failure(layout: Layout, flavour: str, live: bool,
 def main(layout: Layout) -> int:
     """``pyqemu check faults``: every scenario and the postcopy failure on
     each build, one line each as it ends, then a table, saved under
-    ``<cache>/bench/faults/``; exit 1 if anything is not as it must be."""
+    ``<cache>/bench/faults/``; exit 1 if anything is not as it must be.
+    The result line names the guests' accelerator (every VM here takes
+    the host's, :mod:`pyqemu.machine.accel`)."""
     build(layout)
+    host = accel.detect()
+    info(f"faults: the guests run on {host}")
     rows, ok = [], True
     total = len(SCENARIOS) + len(POSTCOPY_RUNS)
     for n, scenario in enumerate(SCENARIOS, 1):
@@ -393,5 +397,6 @@ def main(layout: Layout) -> int:
     print(f"wrote {out / 'results.md'}\nwrote {out / 'results.json'}")
     print("result: " + ("every fault ended as it must" if ok else
                         "FAILED: a fault did not end as it must (see the "
-                        "table)") + f" ({len(rows)} scenarios)")
+                        "table)") +
+          f" ({len(rows)} scenarios, guests on {host.label})")
     return 0 if ok else 1

@@ -4,8 +4,10 @@ The boot-sector writer (:mod:`pyqemu.machine.guest`) is fast, but it drives IDE
 from real mode; users run Linux with virtio-blk served by an iothread,
 where bitmaps are dirtied from another thread than the vCPU's.  This module
 boots Debian's own kernel (package ``linux-image-amd64``, which the
-``./run`` commands install, see :mod:`pyqemu.build.deps`) under TCG on
-``-machine q35`` with an initramfs the project builds itself:
+``./run`` commands install, see :mod:`pyqemu.build.deps`) on ``-machine
+q35``, under KVM where the host really has it and TCG otherwise
+(:mod:`pyqemu.machine.accel`; a VM's ``accel`` says which), with an
+initramfs the project builds itself:
 
 * ``busybox-static`` for the init script (``/init``);
 * the virtio modules the Debian kernel does not build in, with their
@@ -298,7 +300,7 @@ def initramfs(layout: Layout, k: Kernel | None = None) -> Path:
 # -- launching -------------------------------------------------------------
 
 #: Guest RAM: enough for the kernel and an initramfs, small enough that
-#: RAM migration under TCG stays quick.
+#: RAM migration stays quick.
 MEMORY_MB = 256
 MACHINE = "q35"
 
@@ -310,7 +312,8 @@ def qemu_args(layout: Layout, config: WriterConfig,
     ``-no-reboot`` with ``panic=-1``: if the writer fails, init exits, the
     kernel panics and QEMU exits, which a test notices instead of waiting
     on a guest that is gone.  ``quiet`` keeps the boot log (printed
-    through an emulated UART under TCG) from costing seconds.
+    through an emulated UART, one exit or TCG call per byte) from costing
+    seconds.
     """
     k = k or kernel()
     append = (f"console=ttyS0 quiet panic=-1 mitigations=off "

@@ -2,8 +2,10 @@
 
 Processes are QEMU's own ``qemu.machine.QEMUMachine`` (from the built
 tree's ``python/``), which talks QMP through PyPI's ``qemu.qmp``.  This
-module only decides *what* to launch: an x86 ``-machine pc`` guest under
-TCG with named block nodes that carry dirty bitmaps.
+module only decides *what* to launch: an x86 ``-machine pc`` guest, on
+the accelerator :mod:`pyqemu.machine.accel` chooses for this host (KVM
+where it really works, else TCG), with named block nodes that carry
+dirty bitmaps.
 
 The disks are ``null-co`` nodes by default: they accept writes and cost no
 storage, so a "16 TiB disk" is a 16 TiB bitmap and nothing else.
@@ -25,6 +27,7 @@ from ..errors import PyqemuError
 from ..paths import Layout
 from ..util.proc import deathsig_wrapper
 from ..util.units import GiB
+from . import accel as accelerators
 
 #: What QEMU prints when it dies of a bug rather than of our kill.
 CRASH = re.compile(r"Assertion .* failed|assertion failed|AddressSanitizer|"
@@ -146,6 +149,11 @@ class VM:
     (unless :meth:`allow_exit` said it may) fails the ``with`` block; when
     the block already fails, what is wrong with QEMU is added to that
     error as a note instead of being lost.
+
+    *accel* is ``"kvm"`` or ``"tcg"``; None takes the host's choice
+    (:func:`pyqemu.machine.accel.choose`), which :attr:`accel` records.
+    QEMU gets that one accelerator and no fallback: a VM asked for KVM
+    that cannot have it fails to start rather than run on TCG unnoticed.
     """
 
     def __init__(self, layout: Layout, name: str, disks: list[Disk],
@@ -153,15 +161,20 @@ class VM:
                  incoming: bool = False, machine: str = "pc",
                  memory_mb: int = 64, extra_args: tuple[str, ...] = (),
                  binary: Path | None = None, boot: Path | None = None,
-                 wrapper: tuple[str, ...] = ()) -> None:
+                 wrapper: tuple[str, ...] = (),
+                 accel: str | None = None) -> None:
         self.name = name
         self.flavour = flavour
         self.disks = disks
-        # what successor() needs to start the same machine again
+        #: what the guest runs on: "kvm" or "tcg"
+        self.accel = accelerators.check(accel) if accel is not None \
+            else accelerators.choose()
+        # what successor() needs to start the same machine again, on the
+        # same accelerator: QEMU does not migrate between KVM and TCG
         self._again = functools.partial(
             VM, layout, disks=disks, flavour=flavour, workdir=workdir,
             machine=machine, memory_mb=memory_mb, extra_args=extra_args,
-            binary=binary, wrapper=wrapper)
+            binary=binary, wrapper=wrapper, accel=self.accel)
         self._boot = boot
         self.workdir = workdir or layout.work()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +182,8 @@ class VM:
         self.serial_log = self.workdir / f"{name}-serial.log"
         self.serial_log.unlink(missing_ok=True)
         binary = binary or layout.binary("qemu-system-x86_64", flavour)
-        args = ["-machine", f"{machine},accel=tcg", "-m", str(memory_mb),
+        args = ["-machine", f"{machine},accel={self.accel}",
+                "-m", str(memory_mb),
                 "-nodefaults", "-no-user-config",
                 "-serial", f"file:{self.serial_log}"]
         if boot is not None:
@@ -406,8 +420,9 @@ class Pair:
     """A migration source and a ``-incoming defer`` destination.
 
     Both get the same disks (node names must match for bitmaps to find
-    their node), each may be a different flavour, and both are stopped on
-    exit whatever happened; a QEMU that ended badly fails the block.
+    their node) and the same accelerator (*accel*, see :class:`VM`), each
+    may be a different flavour, and both are stopped on exit whatever
+    happened; a QEMU that ended badly fails the block.
     """
 
     def __init__(self, layout: Layout, disks: list[Disk], workdir: Path,
@@ -417,12 +432,13 @@ class Pair:
                  boot: tuple[Path, Path] | None = None,
                  wrappers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
                  uri: str | None = None, dst_paused: bool = False,
-                 machine: str = "pc", memory_mb: int = 64) -> None:
+                 machine: str = "pc", memory_mb: int = 64,
+                 accel: str | None = None) -> None:
         self.workdir = workdir
         self.src = VM(layout, "src", disks, src_flavour, workdir,
                       extra_args=extra_args, boot=boot[0] if boot else None,
                       wrapper=wrappers[0], machine=machine,
-                      memory_mb=memory_mb)
+                      memory_mb=memory_mb, accel=accel)
         # -S: the destination stays paused after the migration, so that
         # its state can be compared with the source's before it changes
         self.dst = VM(layout, "dst", dst_disks if dst_disks is not None else disks,
@@ -430,7 +446,7 @@ class Pair:
                       extra_args=extra_args + (("-S",) if dst_paused else ()),
                       boot=boot[1] if boot else None,
                       wrapper=wrappers[1], machine=machine,
-                      memory_mb=memory_mb)
+                      memory_mb=memory_mb, accel=self.src.accel)
         self.sock = workdir / "migrate.sock"
         self._uri = uri
 

@@ -115,6 +115,8 @@ def measured(results: dict) -> dict[str, str]:
         return max(vals) if vals else 0.0
 
     return {
+        # results from before the bench recorded it were all on TCG
+        "accel": results.get("accel", {}).get("label", "TCG"),
         "bandwidth": f"{params['max-bandwidth'] // MiB} MiB/s",
         "limit": f"{params['downtime-limit']} ms",
         "runs": str(results["runs"]),
@@ -285,8 +287,9 @@ def blurb(results: dict, overhead: float, fuzzing: str) -> str:
         failure after the switchover loses the bitmaps.  Deployments that
         never enter postcopy stay stuck, and those that do put every bitmap
         at risk for as long as postcopy lasts.""",
-        f"""Measured below (pyqemu bench migrate: a -machine pc TCG guest,
-        8 bitmaps at 64 KiB granularity on 1-16 TiB disks, sparse, half
+        f"""Measured below (pyqemu bench migrate: a -machine pc
+        {m['accel']} guest, 8 bitmaps at 64 KiB granularity on 1-16 TiB
+        disks, sparse, half
         or fully dirty, {m['bandwidth']} for precopy and postcopy alike,
         downtime-limit {m['limit']}, {m['runs']} interleaved runs, the
         downtime as the guest sees it: the destination's RESUME minus the

@@ -4,8 +4,9 @@ guest writes of several patterns and rates.
 What ``dirty-bitmaps-live`` costs depends on the guest's writes: a chunk
 (1 KiB of bitmap: 8192 granules, 32 MiB of disk at 4 KiB granularity,
 512 MiB at 64 KiB) whose bits change after it was sent is sent again.  So
-the Linux guest of :mod:`pyqemu.machine.linuxguest` (patched build, q35 under
-TCG, O_DIRECT writes to a 1 TiB virtio-blk disk on an iothread, bitmaps
+the Linux guest of :mod:`pyqemu.machine.linuxguest` (patched build, q35 on
+the host's accelerator, KVM or TCG (:mod:`pyqemu.machine.accel`), O_DIRECT
+writes to a 1 TiB virtio-blk disk on an iothread, bitmaps
 at 4 KiB and 64 KiB granularity) writes with one pattern and rate per
 boot, and is migrated several times in that boot (A -> B -> A' ...,
 :class:`~pyqemu.machine.hops.Hops`; the guest keeps writing across the

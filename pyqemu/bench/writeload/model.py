@@ -95,7 +95,8 @@ PATTERNS = (
 
 
 def writer(pattern: Pattern, rate: int) -> WriterConfig:
-    # a progress line every ~1/250 s at most: each is a UART write under TCG
+    # a progress line every ~1/250 s at most: each byte of it is a UART
+    # write, emulated by QEMU (a VM exit on KVM)
     return WriterConfig(bs=BS, length=pattern.length, stride=pattern.stride,
                         rate=rate, seed=11, kick_ms=linuxguest.KICK_MS,
                         report=16 if rate == 0 else max(1, rate // 250))

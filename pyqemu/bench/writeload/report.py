@@ -180,8 +180,9 @@ def _pattern(name: str) -> Pattern:
     return next(p for p in PATTERNS if p.name == name)
 
 
-def describe() -> str:
-    return (f"Linux guest (q35, TCG, patched build) writing 4 KiB O_DIRECT "
+def describe(accel: str) -> str:
+    """The workload, on the accelerator labelled *accel* ("KVM", "TCG")."""
+    return (f"Linux guest (q35, {accel}, patched build) writing 4 KiB O_DIRECT "
             f"blocks to a 1 TiB virtio-blk disk on an iothread, bitmaps at "
             f"4 KiB and 64 KiB granularity, capabilities dirty-bitmaps and "
             f"dirty-bitmaps-live, max-bandwidth {BANDWIDTH // MiB} MiB/s, "
