@@ -15,7 +15,7 @@ from pyqemu.tree import series
 
 #: Patches whose context includes hbitmap_set()'s definition in
 #: util/hbitmap.c: the drift below must make each of them fail.
-FAIL_ON_DRIFT = ("0011-", "0012-", "0016-", "0017-")
+FAIL_ON_DRIFT = ("0012-", "0013-", "0017-", "0018-")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 

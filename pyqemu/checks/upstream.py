@@ -32,6 +32,7 @@ SERIES_IOTESTS = ("migrate-bitmaps-pending", "migrate-bitmaps-cancel",
                   "migrate-bitmaps-huge-granularity",
                   "migrate-bitmaps-resize", "migrate-bitmaps-grow",
                   "migrate-bitmaps-quit", "migrate-bitmaps-backup",
+                  "migrate-bitmaps-again",
                   "qemu-io-inactive-node", "migrate-bitmaps-live",
                   "migrate-bitmaps-sparse", "dirty-bitmap-regions")
 

@@ -28,7 +28,7 @@ LIBVIRT_PATCH_DIR = REPO / "patches" / "libvirt"
 #: (the "fixes" flavour builds them alone).  tests/test_series.py holds
 #: the number to the patches: every patch that asks for qemu-stable is
 #: among them, and the next one is the first of the feature.
-FIXES = 10
+FIXES = 11
 
 
 class SeriesError(PyqemuError):
