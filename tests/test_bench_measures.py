@@ -55,14 +55,21 @@ def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def test_fill_refuses_mixed_granularities(layout: Layout,
-                                          workdir: Path) -> None:
+def test_fill_mixed_granularities_only_when_full(layout: Layout,
+                                                 workdir: Path) -> None:
+    """Sparse and half depend on the granularity, so mixed ones are
+    refused; full sets every bit of each bitmap (the demo's bitmaps of
+    16 KiB, 64 KiB and 1 MiB), the disabled one too."""
     disk = Disk("disk0", TiB, bitmaps=(Bitmap("a", 64 * KiB),
-                                       Bitmap("b", 4 * KiB)))
+                                       Bitmap("b", 4 * KiB),
+                                       Bitmap("c", MiB, disabled=True)))
     with VM(layout, "src", [disk], "patched", workdir) as vm:
         vm.add_bitmaps()
         with pytest.raises(ValueError, match="one granularity"):
-            fill.fill(vm, disk, "full")
+            fill.fill(vm, disk, "sparse")
+        fill.fill(vm, disk, "full")
+        counts = {name: d["count"] for (_, name), d in vm.bitmaps().items()}
+        assert counts == {"a": TiB, "b": TiB, "c": TiB}
 
 
 @pytest.mark.parametrize("density", ("sparse", "full"))
