@@ -109,3 +109,36 @@ def test_results_come_back_from_their_json() -> None:
     back = results.load_results(rows)
     assert back == loads
     assert report.target_values(back) == report.target_values(loads)
+
+
+def test_fixes_only_set_against_live_under_the_same_writes() -> None:
+    """A fixes-only boot is compared with the live hops of its own
+    pattern and rate only, by the guest's downtime, and comes back from
+    results.json (the cover letter reads it)."""
+    not_converged = results.Hop(False, None, None, 900.0, None, None, None,
+                                0, 0.0, 0.0, 0.0, 0.0, None)
+    fixes_hops = [_hop(d, 3000.0) for d in (500, 600, 700)]
+    for h, visible in zip(fixes_hops, (520.0, 610.0, 790.0), strict=True):
+        h.visible_downtime_ms = visible
+        h.switch_pending = 40 * MiB       # 625 ms at 64 MiB/s
+    loads: list[results.Result] = [
+        results.LoadResult("random", 0, 4000.0, 4000.0,
+                           [_hop(d, 3000.0) for d in (3, 4, 5)],
+                           _hop(3, 4000.0), 0, 10.0),
+        # another rate: must not be taken for the fixes' comparison
+        results.LoadResult("random", 1000, 1000.0, 1000.0,
+                           [_hop(d, 990.0) for d in (90, 90, 90)],
+                           _hop(2, 1000.0), 0, 10.0),
+        results.FixesResult("random", 0, 4000.0, not_converged, fixes_hops,
+                            12.0)]
+    [(_, fixes, live)] = report.fixes_vs_live(loads)
+    assert fixes is not None and live is not None
+    assert (fixes.median, fixes.high, live.median) == (610.0, 790.0, 4.0)
+    row = next(line for line in report.table(loads).splitlines()
+               if "not in" in line)
+    assert [c.strip() for c in row.strip("|").split("|")] == [
+        "random", "max", "4.0 (3.0-5.0, n=3)", "not in 8 s",
+        "610.0 (520.0-790.0, n=3)", "625", "yes", "152x"]
+    assert "did not converge at 300 ms" in report.targets(loads)
+    back = results.load_results(json.loads(json.dumps(results.data(loads))))
+    assert back == loads

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..log import info
+from ..machine import accel
 from ..machine.vm import Bitmap, Disk
 from ..paths import Layout
 from ..util.table import markdown_table
@@ -29,7 +30,7 @@ from ..util.units import KiB, MiB, TiB, fmt_bytes, fmt_size
 from . import chunks, fill, modes
 from .modes import MODES, Sample
 
-PARAMS = {"max-bandwidth": 400 * MiB, "downtime-limit": 300}
+PARAMS = {"max-bandwidth": modes.LINK, "downtime-limit": 300}
 BITMAPS = 8
 RUNS = 5
 SIZES = (TiB, 4 * TiB, 16 * TiB)
@@ -64,7 +65,8 @@ def sweep(layout: Layout, sizes: Sequence[int], densities: Sequence[str],
                         key = (mode.name, size, density)
                         if key in stuck:
                             continue
-                        info(f"bench: round {r + 1}/{runs}, {fmt_size(size)}"
+                        info(f"bench ({accel.label()}): round {r + 1}/"
+                             f"{runs}, {fmt_size(size)}"
                              f" x {BITMAPS}, {density}: {mode.name}")
                         s = modes.run(layout, mode, size, BITMAPS, density,
                                       PARAMS, Path(tmp))
@@ -247,12 +249,137 @@ def targets_table(ts: list[Target]) -> str:
                             "yes" if t.met else "**no**") for t in ts])
 
 
+def fixes_table(summaries: list[Summary]) -> str:
+    """When is the feature needed: per case, the fixes alone with
+    avail-switchover-bandwidth at the link's speed against live mode and
+    stock, and which of them stay within the downtime limit.
+
+    The fixes' estimate is the bitmaps' serialized size plus framing (an
+    upper bound: a clear chunk goes as its header only), and the
+    threshold is the link's speed times the limit, so the serialized
+    size is shown next to that threshold."""
+    by = {(s.mode, s.size, s.density): s for s in summaries}
+    limit = PARAMS["downtime-limit"]
+    threshold = PARAMS["max-bandwidth"] * limit // 1000
+
+    def cell(mode: str, size: int, density: str) -> tuple[str, bool]:
+        s = by.get((mode, size, density))
+        if s is None:
+            return "-", False
+        if not s.visible or s.converged < s.runs:
+            return (f"converged {s.converged}/{s.runs}" if s.converged
+                    else "never converges"), False
+        return str(s.visible), s.visible.high <= limit
+
+    rows = []
+    for size, density in _cases(summaries):
+        if (modes.FIXES, size, density) not in by:
+            continue
+        stock, stock_ok = cell("stock precopy", size, density)
+        early, early_ok = cell("stock postcopy, early", size, density)
+        pc = by.get(("stock postcopy, early", size, density))
+        if pc is not None and pc.at_risk:
+            early += f", {fmt_bytes(pc.at_risk)} after the switchover"
+        fixes, fixes_ok = cell(modes.FIXES, size, density)
+        live, live_ok = cell("live", size, density)
+        within = ", ".join(n for n, ok in (
+            ("stock precopy", stock_ok), ("stock postcopy", early_ok),
+            ("fixes", fixes_ok), ("live", live_ok)) if ok)
+        rows.append((fmt_size(size), density,
+                     f"{serialized(size) / MiB:.0f} MiB", stock, early,
+                     fixes, live, within or "neither"))
+    return (f"When is the feature needed: the series' fixes alone (the "
+            f"fixes build) with avail-switchover-bandwidth at the link's "
+            f"{PARAMS['max-bandwidth'] // MiB} MiB/s, as a careful operator "
+            f"sets it: they switch over once their estimate (the bitmaps' "
+            f"serialized size and framing) and the RAM left fit in "
+            f"{fmt_bytes(threshold)} (link x {limit} ms).  Downtime seen "
+            f"by the guest, ms, median (min-max); \"within\" means every "
+            f"run within the {limit} ms limit.\n\n" + markdown_table(
+                ("disk", "bitmaps", f"{BITMAPS} bitmaps serialized",
+                 "stock precopy", "stock postcopy (early)",
+                 "fixes + avail-switchover-bandwidth", "live",
+                 f"within {limit} ms"), rows))
+
+
+#: What the ratios table compares: each column against the ones before
+#: it, so a reader sees what the fixes alone give over stock and what
+#: live mode adds over the fixes, from the same run
+RATIO_MODES = ("stock precopy", modes.FIXES, "live")
+#: stock's column where stock precopy never converges: what it costs
+#: when allowed
+STOCK_ALLOWED = "stock precopy, 20 s allowed"
+#: (label, Summary field) of the medians the ratios are taken of
+RATIO_METRICS = (("downtime seen by the guest", "visible"),
+                 ("total", "total"), ("bitmaps usable", "usable"))
+
+
+def _median(s: Summary | None, attr: str) -> float | None:
+    """The median of *attr* of *s*, if every run of it converged: a mode
+    that converged only sometimes has no median to compare."""
+    if s is None or s.converged < s.runs:
+        return None
+    d: Dist | None = getattr(s, attr)
+    return None if d is None else d.median
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    if num is None or den is None or den <= 0:
+        return "-"
+    return f"{num / den:.2f}x" if num / den >= 0.01 else \
+        f"{num / den:.1e}x"
+
+
+def ratios_table(summaries: list[Summary]) -> str:
+    """Stock precopy, the fixes alone and live mode side by side, with
+    the ratios of their medians against stock *and* against the fixes:
+    "live / fixes" is what the live mode adds to what a distribution
+    could carry without it.  A mode that did not converge in every run
+    has no median: its cells say so, and its ratios are "-"."""
+    by = {(s.mode, s.size, s.density): s for s in summaries}
+    rows = []
+    for size, density in _cases(summaries):
+        got = [by.get((m, size, density)) for m in RATIO_MODES]
+        if not any(got):
+            continue
+        allowed = by.get((STOCK_ALLOWED, size, density))
+        for label, attr in RATIO_METRICS:
+            meds = [_median(s, attr) for s in got]
+            cells = []
+            for s, m in zip(got, meds, strict=True):
+                if s is None:
+                    cells.append("-")
+                elif s.converged < s.runs:
+                    cells.append(f"converged {s.converged}/{s.runs}"
+                                 if s.converged else "never converges")
+                else:
+                    cells.append("-" if m is None else _num(m))
+            if meds[0] is None and (m := _median(allowed, attr)) is not None:
+                # stock's own ratios, taken where it does converge
+                meds[0] = m
+                cells[0] += f"; {_num(m)} with 20 s allowed"
+            stock, fixes, live = meds
+            rows.append((fmt_size(size), density, label, *cells,
+                         _ratio(fixes, stock), _ratio(live, stock),
+                         _ratio(live, fixes)))
+    return ("Stock, the fixes alone and live mode in the same run, medians "
+            "in ms, and their ratios (below 1: faster than the base).  "
+            "Where stock precopy never converges, its ratios are taken "
+            f"against \"{STOCK_ALLOWED}\" (downtime-limit 20 s, "
+            "avail-switchover-bandwidth at the link's speed).\n\n"
+            + markdown_table(("disk", "bitmaps", "median of",
+                              "stock precopy", "fixes", "live",
+                              "fixes / stock", "live / stock",
+                              "live / fixes"), rows))
+
+
 STYLE = {
     "no bitmaps": ("black", "."),
     "stock precopy": ("tab:red", "x"),
     "stock precopy, 20 s allowed": ("tab:red", "o"),
     "stock postcopy, early": ("tab:orange", "s"),
     f"stock postcopy after {modes.POSTCOPY_AFTER:g} s": ("tab:brown", "D"),
+    modes.FIXES: ("tab:green", "v"),
     "live": ("tab:blue", "o"),
     "live + postcopy at half": ("tab:cyan", "^"),
 }
@@ -303,7 +430,11 @@ def plot(summaries: list[Summary], path: Path) -> None:
 
 
 def describe(runs: int) -> str:
-    return (f"Each mode migrates the same `-machine pc` TCG VM (64 MiB RAM, "
+    """The section's header: the set-up, and the accelerator the VMs ran
+    on (:func:`pyqemu.machine.accel.label`: KVM and TCG numbers do not
+    compare)."""
+    return (f"Each mode migrates the same `-machine pc` VM on "
+            f"{accel.label()} (64 MiB RAM, "
             f"running vCPU, no guest writes) with a `null-co` disk and "
             f"{BITMAPS} bitmaps at 64 KiB granularity, over a unix socket,"
             f" max-bandwidth {PARAMS['max-bandwidth'] // MiB} MiB/s (also "

@@ -77,12 +77,15 @@ def dirty_bits(size: int, granularity: int, density: str) -> int:
 def fill(vm: VM, disk: Disk, density: str) -> None:
     """Dirty every bitmap of *disk* on *vm* to *density*.
 
-    All bitmaps of the disk must share one granularity (the merge needs
-    it, and so does the meaning of "density")."""
+    All bitmaps of the disk must share one granularity for "sparse" and
+    "half", whose meaning depends on it; "full" sets every bit whatever
+    the granularity (the helper has the finest one, and QEMU merges it
+    into coarser bitmaps range by range)."""
     grans = {b.granularity for b in disk.bitmaps}
-    if len(grans) != 1:
-        raise ValueError(f"fill needs one granularity per disk, got {grans}")
-    gran = grans.pop()
+    if not grans or (len(grans) != 1 and density != "full"):
+        raise ValueError(f"a {density} fill needs one granularity per "
+                         f"disk, got {grans}")
+    gran = min(grans)
     with tempfile.NamedTemporaryFile(prefix=_HELPER, dir="/dev/shm") as f:
         os.truncate(f.name, disk.size)
         vm.cmd("blockdev-add", driver="file", filename=f.name,

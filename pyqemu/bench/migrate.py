@@ -3,9 +3,10 @@
 Three parts, in one run on the same machine:
 
 1. :mod:`pyqemu.bench.compare`: every mode (no bitmaps, stock precopy,
-   stock postcopy early and late, live, live + postcopy) over disk sizes
+   stock postcopy early and late, the fixes alone with
+   avail-switchover-bandwidth, live, live + postcopy) over disk sizes
    and bitmap densities, repeated and interleaved, with the issue's
-   targets checked for live mode;
+   targets checked for live mode, and when the fixes alone are enough;
 2. :mod:`pyqemu.bench.writeload`: live mode under a Linux guest writing
    at several rates and patterns, resends measured against a model, and
    what the meta bitmap costs the guest's writes;
@@ -51,6 +52,8 @@ def main(layout: Layout, quick: bool = False) -> int:
         compare.table(summaries),
         "Live mode against the targets:",
         compare.targets_table(goals),
+        compare.ratios_table(summaries),
+        compare.fixes_table(summaries),
     ]
     data: dict[str, Any] = {
         "accel": {"accel": host.accel, "label": host.label, "why": host.why},

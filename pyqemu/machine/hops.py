@@ -49,8 +49,9 @@ class Hops:
         that does not complete by *timeout* is cancelled and reported).
 
         Completed, the guest runs on the destination when this returns and
-        the old source is gone (and was checked); otherwise the failed
-        destination is gone and the guest goes on where it was.
+        the old source is gone (and was checked), and the result has the
+        downtime the guest saw; otherwise the failed destination is gone
+        and the guest goes on where it was.
         """
         self.started += 1
         dst = self.vm.successor(f"{self.prefix}{self.started}")
@@ -58,10 +59,14 @@ class Hops:
         sock.unlink(missing_ok=True)
         self._dst = dst
         dst.launch()
+        self.vm.drain_events()
         res = migration.run(self.vm, dst, f"unix:{sock}", caps, params,
                             timeout, dst_caps, on_poll)
         if res.converged:
             migration.wait_destination_running(dst)
+            # the source's events must be read before it is shut down
+            res.visible_downtime_ms = migration.visible_downtime_ms(
+                self.vm.drain_events(), dst.drain_events())
             old, self.vm = self.vm, dst
         else:
             old = dst

@@ -32,6 +32,9 @@ class MigrationResult:
     info: dict                       # the last query-migrate on the source
     bitmaps_info: dict | None = None  # query-migrate's bitmap statistics
     error: str | None = None
+    #: the guest's downtime (:func:`visible_downtime_ms`), for callers
+    #: that wait for the destination to run (:class:`~.hops.Hops`)
+    visible_downtime_ms: float | None = None
 
     @property
     def converged(self) -> bool:
@@ -218,6 +221,36 @@ def run(src: VM, dst: VM, uri: str, caps: dict[str, bool],
     return MigrationResult(info["status"], info.get("total-time"),
                            info.get("downtime"), info,
                            info.get("dirty-bitmaps"), info.get("error-desc"))
+
+
+def event_time(ev: dict) -> float:
+    """A QMP event's own timestamp, in seconds: QEMU stamps it with the
+    host clock, so two processes' events can be set against each other."""
+    ts = ev["timestamp"]
+    return float(ts["seconds"]) + float(ts["microseconds"]) / 1e6
+
+
+def first_event(events: list[dict], name: str,
+                status: str | None = None) -> float | None:
+    """The time of the first event *name* (with ``data.status`` *status*
+    if given) in *events*, or None."""
+    for ev in events:
+        if ev["event"] == name and (
+                status is None or ev.get("data", {}).get("status") == status):
+            return event_time(ev)
+    return None
+
+
+def visible_downtime_ms(src_events: list[dict],
+                        dst_events: list[dict]) -> float | None:
+    """The downtime the guest sees: the destination's ``RESUME`` minus the
+    source's ``STOP``.  QEMU's own ``downtime`` ends when the source has
+    sent its last byte, before the destination has loaded it."""
+    stop = first_event(src_events, "STOP")
+    resume = first_event(dst_events, "RESUME")
+    if stop is None or resume is None:
+        return None
+    return (resume - stop) * 1000
 
 
 def run_state(vm: VM) -> str:

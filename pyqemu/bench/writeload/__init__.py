@@ -22,7 +22,17 @@ hops and the bitmaps move with it):
 
 Per boot: the write rate with no migration (bitmaps present), then
 :data:`HOPS` live migrations, the rate again, then one migration without
-bitmaps at the same bandwidth (last: it leaves the bitmaps behind).  The
+bitmaps at the same bandwidth (last: it leaves the bitmaps behind), and
+two more without bitmaps at a 1 ms downtime limit, which switch over
+with as little RAM left as live mode does (see
+:data:`.experiment.MATCHED_LIMIT`): each migration records the RAM sent
+in its downtime and how QEMU came to switch over, so that downtimes are
+compared for the same RAM left.  Then, for the first pattern at every
+rate, a boot on the ``fixes`` build (the series' fixes without live
+mode, :class:`.results.FixesResult`): its bitmaps go in the downtime,
+with avail-switchover-bandwidth at the link's speed, and its guest's
+downtime (source STOP to destination RESUME) is set against live
+mode's under the same writes.  The
 rate during each migration against the rate without one says what
 migrating costs the guest; against the rate during the migration without
 bitmaps it separates "the migration competes for the host's CPUs" from

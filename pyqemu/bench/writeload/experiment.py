@@ -6,6 +6,7 @@ threshold searched for (see the package's docstring)."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from .model import (
 )
 from .results import (
     CostResult,
+    FixesResult,
     Hop,
     LoadResult,
     Result,
@@ -43,6 +45,36 @@ LIVE = {"dirty-bitmaps": True, "dirty-bitmaps-live": True}
 #: it was given then
 PLAIN = {"dirty-bitmaps": False, "dirty-bitmaps-live": False}
 HOPS = 3
+#: The downtime-limit of the matched migrations without bitmaps.  Live
+#: mode cannot switch over before its bitmaps' bulk is sent, and its
+#: estimate (the unsent part of their 34 MiB serialized size) keeps the
+#: total above the threshold until RAM's first pass is over (RAM goes
+#: first in each iteration): QEMU asks for the exact figure, which syncs
+#: RAM's dirty log, only then, and stops the guest with what it dirtied
+#: since the setup's sync (some 0.6 MiB here).  A migration without
+#: bitmaps at the same 300 ms limit asks as soon as the RAM not sent yet
+#: is below the threshold (bandwidth x 300 ms, some 19 MiB) and switches
+#: over at once: the rest of its first pass goes into the downtime.  At
+#: 1 ms its threshold is some 64 KiB, so QEMU sends the whole first pass
+#: and syncs until that little is dirty: the two downtimes can then be
+#: compared for (nearly) the same RAM left.
+MATCHED_LIMIT = 1
+MATCHED = 2
+#: The fixes-only migrations (the ``fixes`` build: no live mode, so the
+#: bitmaps all go in the downtime), with avail-switchover-bandwidth at
+#: the link's speed, as a careful operator sets it
+FIXES_CAPS = {"dirty-bitmaps": True}
+FIXES_PARAMS = dict(PARAMS, **{"avail-switchover-bandwidth": BANDWIDTH})
+#: The guest's bitmaps serialize to 34 MiB; within the live hops' 300 ms
+#: the link carries 19.2 MiB, so the fixes cannot switch over there.  One
+#: migration at that limit is given this long to show it (their pending
+#: estimate is fixed once RAM is sent: a few seconds decide), then
+#: :data:`HOPS` at :data:`FIXES_LIMIT`, where 64 MiB fit and they do
+FIXES_SHARED_TIMEOUT = 8.0
+FIXES_LIMIT = 1000
+#: QEMU's trace events behind the switchover decision: the pending it
+#: switched over with, and the threshold (every 100 ms)
+TRACE_EVENTS = ("migration_thread_low_pending", "migrate_transferred")
 TIMEOUT = 60.0
 #: seconds the rate is measured without a migration
 RATE_WINDOW = 2.5
@@ -167,9 +199,43 @@ def _rate(vm: VM, count: _Count, seconds: float) -> float:
     return (count(vm) - n0) / (time.monotonic() - t0)
 
 
+_LOW_PENDING = re.compile(r"\bmigration_thread_low_pending (\d+)")
+_THRESHOLD = re.compile(r"\bmigrate_transferred .*max_size (\d+)")
+
+
+def trace_args(workdir: Path) -> tuple[str, ...]:
+    """QEMU arguments tracing :data:`TRACE_EVENTS` into a file per process
+    (QEMU puts its pid for the ``%d``): every hop's QEMU has the same
+    arguments."""
+    events = workdir / "wl-trace-events"
+    events.write_text("".join(f"{e}\n" for e in TRACE_EVENTS))
+    return ("-trace", f"events={events},file={workdir}/trace-%d.log")
+
+
+def switchover(log: Path) -> tuple[int | None, int | None]:
+    """(pending, threshold) of the last switchover in a source's trace
+    log: the pending QEMU found low enough, and the last threshold it
+    computed before that."""
+    pending = threshold = last = None
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None, None
+    for line in text.splitlines():
+        m = _THRESHOLD.search(line)
+        if m:
+            last = int(m.group(1))
+            continue
+        m = _LOW_PENDING.search(line)
+        if m:
+            pending, threshold = int(m.group(1)), last
+    return pending, threshold
+
+
 def _hop(h: Hops, count: _Count, replay: Replay, caps: dict[str, bool],
          params: dict[str, Any], timeout: float) -> Hop:
     src = h.vm
+    log = src.workdir / f"trace-{src.machine.get_pid()}.log"
     phases = _Phases(src, count)
     # the count starts at the first poll, once the migration runs: not
     # before the destination is launched, which takes the guest's
@@ -198,13 +264,18 @@ def _hop(h: Hops, count: _Count, replay: Replay, caps: dict[str, bool],
     if res.converged:
         replay.order = replay.order[::-1]
     ram = res.info.get("ram", {})
+    pending, threshold = switchover(log) if res.converged else (None, None)
     return Hop(res.converged, res.total_ms, res.downtime_ms,
                (n1 - n0) / running, bm.get("transferred"),
                bm.get("downtime-transferred"), bm.get("resent-chunks"),
                ram.get("transferred"),
                phases.ram_dirty,
                t_bulk, exposed,
-               predicted, phases.remaining)
+               predicted, phases.remaining,
+               visible_downtime_ms=res.visible_downtime_ms,
+               ram_downtime_bytes=ram.get("downtime-bytes"),
+               dirty_syncs=ram.get("dirty-sync-count"),
+               switch_pending=pending, switch_threshold=threshold)
 
 
 def _threshold(h: Hops, count: _Count, replay: Replay, pattern: Pattern,
@@ -280,13 +351,15 @@ def _cost(h: Hops, count: _Count, pattern: Pattern) -> CostResult:
 def run_boot(layout: Layout, pattern: Pattern, rate: int, workdir: Path,
              threshold_steps: tuple[float, ...] = ()) -> list[Result]:
     """One boot: the rate, HOPS live hops, the rate again, the threshold
-    search if asked, then the migration without bitmaps."""
+    search if asked, then the migration without bitmaps, and MATCHED
+    more without bitmaps at MATCHED_LIMIT."""
     config = writer(pattern, rate)
     first = VM(layout, "hop0", [linuxguest.disk("disk0", DISK,
                                                 bitmaps=BITMAPS)],
                "patched", workdir, machine=linuxguest.MACHINE,
                memory_mb=linuxguest.MEMORY_MB,
-               extra_args=linuxguest.qemu_args(layout, config))
+               extra_args=linuxguest.qemu_args(layout, config)
+               + trace_args(workdir))
     count = _Count()
     out: list[Result] = []
     with Hops(first, workdir) as h:
@@ -306,13 +379,43 @@ def run_boot(layout: Layout, pattern: Pattern, rate: int, workdir: Path,
             out.append(_threshold(h, count, replay, pattern, before,
                                   threshold_steps, ram, ram_dirty))
         plain = _hop(h, count, replay, PLAIN, PARAMS, TIMEOUT)
+        matched = [_hop(h, count, replay, PLAIN,
+                        dict(PARAMS, **{"downtime-limit": MATCHED_LIMIT}),
+                        TIMEOUT) for _ in range(MATCHED)]
         stalls = sum(len(linuxguest.stalls(p))
                      for p in workdir.glob("*-serial.log"))
     out.insert(0, LoadResult(pattern.name, rate, before, after, hops, plain,
-                             stalls, boot))
+                             stalls, boot, matched))
     if cost is not None:
         out.append(cost)
     return out
+
+
+def run_fixes_boot(layout: Layout, pattern: Pattern, rate: int,
+                   workdir: Path) -> FixesResult:
+    """One boot on the ``fixes`` build: the rate, one migration at the
+    live hops' limits (given up after :data:`FIXES_SHARED_TIMEOUT`), then
+    :data:`HOPS` at :data:`FIXES_LIMIT`; the guest's downtime of each is
+    set against live mode's under the same writes in the report."""
+    config = writer(pattern, rate)
+    first = VM(layout, "fix0", [linuxguest.disk("disk0", DISK,
+                                                bitmaps=BITMAPS)],
+               "fixes", workdir, machine=linuxguest.MACHINE,
+               memory_mb=linuxguest.MEMORY_MB,
+               extra_args=linuxguest.qemu_args(layout, config)
+               + trace_args(workdir))
+    count = _Count()
+    with Hops(first, workdir, prefix="fix") as h:
+        boot = linuxguest.wait_started(h.vm.serial_log)
+        replay = Replay(config, count(h.vm))
+        h.vm.add_bitmaps()
+        before = _rate(h.vm, count, RATE_WINDOW)
+        shared = _hop(h, count, replay, FIXES_CAPS, FIXES_PARAMS,
+                      FIXES_SHARED_TIMEOUT)
+        hops = [_hop(h, count, replay, FIXES_CAPS,
+                     dict(FIXES_PARAMS, **{"downtime-limit": FIXES_LIMIT}),
+                     TIMEOUT) for _ in range(HOPS)]
+    return FixesResult(pattern.name, rate, before, shared, hops, boot)
 
 
 def run(layout: Layout, quick: bool = False) -> list[Result]:
@@ -326,5 +429,14 @@ def run(layout: Layout, quick: bool = False) -> list[Result]:
         info(f"bench: writeload {pattern.name}, {rate_name(rate)}")
         with tempfile.TemporaryDirectory(prefix="pq-wl-", dir="/tmp") as tmp:
             results += run_boot(layout, pattern, rate, Path(tmp), steps)
+    # the fixes alone, for the first pattern at every rate: without live
+    # mode the pattern does not change what goes in the downtime (every
+    # bitmap, whole), the rate changes the RAM dirtied
+    for rate in rates:
+        info(f"bench: writeload {PATTERNS[0].name}, {rate_name(rate)}, "
+             f"fixes only")
+        with tempfile.TemporaryDirectory(prefix="pq-wl-", dir="/tmp") as tmp:
+            results.append(run_fixes_boot(layout, PATTERNS[0], rate,
+                                          Path(tmp)))
     return results
 

@@ -4,6 +4,7 @@ a description of the set-up, and the plot."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from ...util.table import markdown_table
 from ...util.units import MiB, fmt_bytes
@@ -13,8 +14,12 @@ from .experiment import (
     COST_BANDWIDTH,
     COST_ROUNDS,
     COST_WINDOW,
+    FIXES_LIMIT,
+    FIXES_SHARED_TIMEOUT,
     HOPS,
     IDLE_RATE,
+    MATCHED,
+    MATCHED_LIMIT,
     PARAMS,
     rate_name,
 )
@@ -26,7 +31,14 @@ from .model import (
     Pattern,
     dirty_bytes_per_s,
 )
-from .results import CostResult, LoadResult, Result, ThresholdResult
+from .results import (
+    CostResult,
+    FixesResult,
+    Hop,
+    LoadResult,
+    Result,
+    ThresholdResult,
+)
 
 
 def _ms(v: int | None) -> str:
@@ -47,6 +59,77 @@ def _thresholds(results: list[Result]) -> list[ThresholdResult]:
 
 def _costs(results: list[Result]) -> list[CostResult]:
     return [r for r in results if isinstance(r, CostResult)]
+
+
+def _fixes(results: list[Result]) -> list[FixesResult]:
+    return [r for r in results if isinstance(r, FixesResult)]
+
+
+def _dist_ms(d: Dist | None) -> str:
+    if d is None:
+        return "-"
+    return f"{d.median:.1f} ({d.low:.1f}-{d.high:.1f}, n={d.n})"
+
+
+def fixes_vs_live(results: list[Result]) -> list[tuple[FixesResult,
+                                                       Dist | None,
+                                                       Dist | None]]:
+    """Per fixes-only boot: the guest's downtimes of its migrations at
+    FIXES_LIMIT, and of the live hops under the same pattern and rate."""
+    out = []
+    for f in _fixes(results):
+        live = [_downtime(h) for r in _loads(results)
+                if (r.pattern, r.rate_setting) == (f.pattern, f.rate_setting)
+                for h in r.hops if h.converged]
+        out.append((f, dist([_downtime(h) for h in f.hops if h.converged]),
+                    dist(live)))
+    return out
+
+
+def fixes_table(results: list[Result]) -> str:
+    """The guest's downtime (source STOP to destination RESUME) of the
+    fixes alone against live mode's, under the same writes: what the
+    live mode adds over what a distribution could carry without it."""
+    limit = PARAMS["downtime-limit"]
+    rows = []
+    for f, fixes, live in fixes_vs_live(results):
+        sh = f.shared
+        d = _downtime(sh)
+        shared = (f"converged, {'-' if d is None else f'{d:.0f}'} ms"
+                  if sh.converged else
+                  f"not in {FIXES_SHARED_TIMEOUT:g} s")
+        ratio = (f"{fixes.median / live.median:.0f}x"
+                 if fixes and live and live.median > 0 else "-")
+        # what the link itself would need for what QEMU switched over with
+        wire = dist([h.switch_pending / BANDWIDTH * 1000 for h in f.hops
+                     if h.converged and h.switch_pending is not None])
+        rows.append([f.pattern, rate_name(f.rate_setting), _dist_ms(live),
+                     shared, _dist_ms(fixes),
+                     "-" if wire is None else f"{wire.median:.0f}",
+                     "-" if fixes is None else
+                     ("yes" if fixes.high <= FIXES_LIMIT else "no"),
+                     ratio])
+    return (f"The fixes alone under the same writes: the fixes build, "
+            f"dirty-bitmaps with avail-switchover-bandwidth at the link's "
+            f"{BANDWIDTH // MiB} MiB/s, in a boot of its own.  Without live "
+            f"mode every bitmap goes in the downtime; at the live hops' "
+            f"{limit} ms limit that does not fit, so the migration is given "
+            f"up after {FIXES_SHARED_TIMEOUT:g} s, and {HOPS} more run at "
+            f"{FIXES_LIMIT} ms.  Guest's downtime (destination RESUME - "
+            f"source STOP), ms, median (min-max, n).  The link here is a "
+            f"unix socket held to max-bandwidth, which QEMU no longer "
+            f"applies once the guest is stopped: what goes in the downtime "
+            f"goes at memory speed.  A real {BANDWIDTH // MiB} MiB/s link "
+            f"needs at least the pending QEMU switched over with (the "
+            f"bitmaps' serialized size and the RAM left) divided by its "
+            f"speed, shown beside it.\n\n" + markdown_table(
+                ["pattern", "writes/s set",
+                 f"live, {limit} ms limit",
+                 f"fixes, {limit} ms limit",
+                 f"fixes, {FIXES_LIMIT} ms limit",
+                 f"pending at switchover / {BANDWIDTH // MiB} MiB/s, ms",
+                 f"fixes within {FIXES_LIMIT} ms",
+                 "fixes / live"], rows))
 
 
 def cost_table(costs: list[CostResult]) -> str:
@@ -92,7 +175,117 @@ def table(results: list[Result]) -> str:
         out += "\n\n" + threshold_table(t)
     if _costs(results):
         out += "\n\n" + cost_table(_costs(results))
+    out += "\n\n" + downtime_table(results)
+    if _fixes(results):
+        out += "\n\n" + fixes_table(results)
     return out
+
+
+def kinds(results: list[Result]) -> dict[str, list[Hop]]:
+    """The completed migrations of every boot by kind: live, without
+    bitmaps at the shared limits, and without bitmaps at MATCHED_LIMIT."""
+    loads = _loads(results)
+    return {
+        "live": [h for r in loads for h in r.hops if h.converged],
+        "no bitmaps": [r.plain for r in loads if r.plain.converged],
+        f"no bitmaps, {MATCHED_LIMIT} ms limit": [
+            h for r in loads for h in r.matched if h.converged],
+    }
+
+
+def _downtime(h: Hop) -> float | None:
+    """The guest's downtime, or QEMU's where the run did not record it."""
+    if h.visible_downtime_ms is not None:
+        return h.visible_downtime_ms
+    return None if h.downtime_ms is None else float(h.downtime_ms)
+
+
+def fit(hops: list[Hop]) -> tuple[float, float] | None:
+    """Least squares downtime = a + b x (RAM MiB sent in the downtime)
+    over *hops*: (a ms, b ms/MiB), or None with fewer than 3 points or no
+    spread in RAM."""
+    pts = [(h.ram_downtime_bytes / MiB, d) for h in hops
+           if h.ram_downtime_bytes is not None and
+           (d := _downtime(h)) is not None]
+    if len(pts) < 3:
+        return None
+    n = len(pts)
+    mx = sum(x for x, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    if sxx == 0:
+        return None
+    b = sum((x - mx) * (y - my) for x, y in pts) / sxx
+    return my - b * mx, b
+
+
+def extra_at_equal_ram(results: list[Result]) -> Dist | None:
+    """Live mode's downtime less what a migration without bitmaps takes
+    for the same RAM left (:func:`fit` over every migration without
+    bitmaps): what the bitmaps add to the downtime, at equal RAM."""
+    k = kinds(results)
+    base = fit([h for name, hops in k.items() if name != "live"
+                for h in hops])
+    if base is None:
+        return None
+    a, b = base
+    return dist([d - (a + b * h.ram_downtime_bytes / MiB)
+                 for h in k["live"] if h.ram_downtime_bytes is not None
+                 and (d := _downtime(h)) is not None])
+
+
+def downtime_table(results: list[Result]) -> str:
+    """Why the downtimes differ: per kind of migration, the downtime next
+    to the RAM sent in it and how QEMU came to switch over."""
+    def d(values: Sequence[float | int | None], scale: float = 1.0,
+          fmt: str = ".1f") -> str:
+        x = dist([None if v is None else v / scale for v in values])
+        return "-" if x is None else (f"{x.median:{fmt}} ({x.low:{fmt}}-"
+                                      f"{x.high:{fmt}})")
+
+    rows = []
+    for name, hops in kinds(results).items():
+        per_mib = [dt / (h.ram_downtime_bytes / MiB) for h in hops
+                   if h.ram_downtime_bytes and (dt := _downtime(h))
+                   is not None]
+        rows.append([
+            name, str(len(hops)), d([_downtime(h) for h in hops]),
+            d([h.downtime_ms for h in hops], fmt=".0f"),
+            d([h.ram_downtime_bytes for h in hops], MiB, ".2f"),
+            d([h.dirty_syncs for h in hops], fmt=".0f"),
+            d([h.switch_pending for h in hops], MiB, ".2f"),
+            d([h.switch_threshold for h in hops], MiB, ".1f"),
+            d(per_mib)])
+    base = fit([h for name, hops in kinds(results).items()
+                if name != "live" for h in hops])
+    extra = extra_at_equal_ram(results)
+    note = ""
+    if base is not None:
+        note = (f"\n\nWithout bitmaps, downtime = {base[0]:.1f} ms + "
+                f"{base[1]:.2f} ms per MiB of RAM sent in it (least "
+                f"squares over both kinds without bitmaps)")
+        if extra is not None:
+            note += (f"; live mode's downtime less that for its own RAM: "
+                     f"median {extra.median:+.1f} ms ({extra.low:+.1f} to "
+                     f"{extra.high:+.1f}, n={extra.n}).")
+    return (f"Downtime under write load, and why: the guest's downtime "
+            f"(destination RESUME - source STOP) and QEMU's, the RAM sent "
+            f"while the guest was stopped (query-migrate's "
+            f"ram.downtime-bytes), the RAM dirty-log syncs (each one an "
+            f"exact pending QEMU asked for before deciding), and the "
+            f"pending QEMU switched over with against its threshold "
+            f"(trace).  The migrations without bitmaps at "
+            f"{MATCHED_LIMIT} ms ({MATCHED} per boot, after the one at "
+            f"{PARAMS['downtime-limit']} ms) send all of RAM's first pass "
+            f"before they switch over, as live mode does (its bitmaps' "
+            f"bulk comes after that pass); at {PARAMS['downtime-limit']} "
+            f"ms QEMU switches over as soon as the RAM not sent yet is "
+            f"below the threshold.  Median (min-max).\n\n" + markdown_table(
+                ["migration", "n", "guest's downtime, ms",
+                 "QEMU's downtime, ms", "RAM in the downtime, MiB",
+                 "RAM syncs", "pending at switchover, MiB",
+                 "threshold, MiB", "downtime per RAM MiB, ms"], rows)
+            + note)
 
 
 def target_values(results: list[Result]) -> dict[str, Dist | None]:
@@ -115,6 +308,10 @@ def target_values(results: list[Result]) -> dict[str, Dist | None]:
             r.rate_live / r.plain.rate for r in loads
             if r.rate_setting > IDLE_RATE and r.plain.rate > 0]),
         "ratio_max": dist([c.ratio for c in _costs(results) if c.ratio]),
+        "matched_downtime": dist([
+            _downtime(h) for h in kinds(results)[
+                f"no bitmaps, {MATCHED_LIMIT} ms limit"]]),
+        "live_extra_at_equal_ram": extra_at_equal_ram(results),
     }
 
 
@@ -134,6 +331,28 @@ def targets(results: list[Result]) -> str:
                      f"{plain.median:.1f} ms ({plain.n}, {plain.low:.0f}-"
                      f"{plain.high:.0f}): {delta:+.1f} ms (target: at most "
                      f"+5 ms, {'met' if delta <= 5 else 'MISSED'})")
+    matched, extra = v["matched_downtime"], v["live_extra_at_equal_ram"]
+    if matched:
+        lines.append(f"- the same comparison made fair: without bitmaps "
+                     f"at {MATCHED_LIMIT} ms, which leaves as little RAM "
+                     f"for the downtime as live mode does, the guest's "
+                     f"downtime median {matched.median:.1f} ms "
+                     f"({matched.n}, {matched.low:.1f}-{matched.high:.1f})")
+    if extra:
+        lines.append(f"- live mode's downtime less a no-bitmap "
+                     f"migration's for the same RAM left (fit): median "
+                     f"{extra.median:+.1f} ms over {extra.n} migrations "
+                     f"({extra.low:+.1f} to {extra.high:+.1f})")
+    for f, fixes, live_d in fixes_vs_live(results):
+        lines.append(
+            f"- the fixes alone, {f.pattern}, {rate_name(f.rate_setting)}: "
+            + ("converged" if f.shared.converged else "did not converge")
+            + f" at {PARAMS['downtime-limit']} ms; at {FIXES_LIMIT} ms the "
+            f"guest's downtime median "
+            + ("-" if fixes is None else f"{fixes.median:.0f} ms")
+            + " (over a unix socket: see the table for a real link)"
+            + ", live mode's under the same writes "
+            + ("-" if live_d is None else f"{live_d.median:.1f} ms"))
     for key, label in (("ratio_paced", "paced"),
                        ("ratio_max", "as fast as it goes")):
         r = v[key]

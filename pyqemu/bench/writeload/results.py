@@ -23,6 +23,20 @@ class Hop:
     exposed: float              # writes exposed (see the module)
     predicted_chunks: float
     remaining: int | None       # bitmap bytes pending at the last poll
+    # why one migration's downtime differs from another's (None in the
+    # results of older runs):
+    #: the destination's RESUME minus the source's STOP, ms
+    visible_downtime_ms: float | None = None
+    #: RAM bytes sent while the guest was stopped (query-migrate's
+    #: ram.downtime-bytes): what the downtime mostly consists of
+    ram_downtime_bytes: int | None = None
+    #: RAM dirty-log syncs (ram.dirty-sync-count): each is an exact
+    #: pending figure QEMU asked for before deciding on the switchover
+    dirty_syncs: int | None = None
+    #: the pending bytes QEMU switched over with, and the threshold it
+    #: held them to (bandwidth x downtime-limit), from its trace
+    switch_pending: int | None = None
+    switch_threshold: int | None = None
 
     @property
     def resent_bytes(self) -> int | None:
@@ -44,6 +58,9 @@ class LoadResult:
     plain: Hop                  # the migration without bitmaps
     stalls: int                 # the writer's "stall" lines (> 0.5 s)
     boot_s: float
+    #: migrations without bitmaps that switch over with as little RAM
+    #: left as live mode does (see experiment.MATCHED_LIMIT)
+    matched: list[Hop] = field(default_factory=list)
 
     @property
     def rate_idle(self) -> float:
@@ -93,7 +110,25 @@ class CostResult:
             if self.live and self.plain and sum(self.plain) else 0.0
 
 
-Result = LoadResult | ThresholdResult | CostResult
+@dataclass
+class FixesResult:
+    """A boot on the ``fixes`` build (the series' fixes without live
+    mode): the same guest and writes, its bitmaps migrated the only way
+    that build can, all of them in the downtime, with
+    avail-switchover-bandwidth at the link's speed (see
+    experiment.FIXES_PARAMS)."""
+    pattern: str
+    rate_setting: int
+    rate_before: float
+    #: one migration at the live hops' own downtime-limit, given up after
+    #: experiment.FIXES_SHARED_TIMEOUT: whether the fixes converge there
+    shared: Hop
+    #: HOPS migrations at experiment.FIXES_LIMIT, where they can
+    hops: list[Hop]
+    boot_s: float
+
+
+Result = LoadResult | ThresholdResult | CostResult | FixesResult
 
 
 def load_results(rows: list[dict]) -> list[Result]:
@@ -105,10 +140,16 @@ def load_results(rows: list[dict]) -> list[Result]:
         if row.get("kind") == "CostResult":
             out.append(CostResult(**r))
             continue
+        if row.get("kind") == "FixesResult":
+            r["shared"] = Hop(**r["shared"])
+            r["hops"] = [Hop(**h) for h in r["hops"]]
+            out.append(FixesResult(**r))
+            continue
         if row.get("kind") != "LoadResult":
             continue
         r["hops"] = [Hop(**h) for h in r["hops"]]
         r["plain"] = Hop(**r["plain"])
+        r["matched"] = [Hop(**h) for h in r.get("matched", [])]
         out.append(LoadResult(**r))
     return out
 
