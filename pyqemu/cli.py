@@ -88,6 +88,11 @@ def cmd_check_libvirt(args: argparse.Namespace, layout: Layout) -> int:
     return libvirt.main(layout)
 
 
+def cmd_check_operator(args: argparse.Namespace, layout: Layout) -> int:
+    from .checks import operator
+    return operator.main(layout, args.runs, args.concurrency)
+
+
 def cmd_check_fuzz(args: argparse.Namespace, layout: Layout) -> int:
     from .checks.fuzz import report
     return report.main(layout, args.inputs, args.seed)
@@ -196,6 +201,18 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
             "virsh migrate --live between two private libvirt 9.0 hosts "
             "(shared storage, --copy-storage-all) with a virtnbdbackup chain "
             "restored and compared with the disk, stock vs patched")
+    p = command(what, "operator", cmd_check_operator,
+                "virsh migrate --live over shared storage of a Linux guest "
+                "writing to a 16 TiB qcow2 with 8 fully dirty checkpoints: "
+                "guest-visible downtime (source STOP to destination RESUME) "
+                "of Debian's libvirt + stock QEMU against ours, the "
+                "checkpoints and a virtnbdbackup chain checked after each; "
+                "concurrent and mixed hosts")
+    p.add_argument("--runs", type=_count, default=5,
+                   help="migrations per configuration (default 5)")
+    p.add_argument("--concurrency", type=_count, default=4,
+                   help="domains migrated at once afterwards (default 4; "
+                        "0: none)")
     p = command(what, "fuzz", cmd_check_fuzz,
                 "mutated migration streams on the ASan+UBSan build")
     p.add_argument("--inputs", type=_count, default=10_000,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyqemu.checks import backup, faults, libvirt, links
+from pyqemu.checks import backup, faults, libvirt, links, operator
 from pyqemu.checks.fuzz import campaign
 from pyqemu.checks.fuzz import report as fuzz_report
 from pyqemu.machine import accel
@@ -24,9 +24,10 @@ def layout(tmp_path, monkeypatch) -> Layout:
     """A cache of its own (the results go there), nothing built: neither
     QEMU nor, for check libvirt, libvirt (into this empty cache, that
     fetched the source and compiled it: two minutes)."""
-    for module in (faults, backup, libvirt):
+    for module in (faults, backup, libvirt, operator):
         monkeypatch.setattr(module, "build", lambda *a, **k: [])
-    monkeypatch.setattr(libvirt, "build_libvirt", lambda *a, **k: None)
+    for module in (libvirt, operator):
+        monkeypatch.setattr(module, "build_libvirt", lambda *a, **k: None)
     return Layout(tmp_path / "cache")
 
 
@@ -115,4 +116,15 @@ def test_check_libvirt_ends_with_a_result(layout, monkeypatch, capsys):
     wrote, last = ending(capsys.readouterr().out)
     assert last.startswith("result: restored disk equals the disk: NO")
     assert wrote == [layout.root / "bench" / "libvirt" / f"results.{x}"
+                     for x in ("md", "json")]
+
+
+def test_check_operator_ends_with_a_result(layout, monkeypatch, capsys):
+    """No domain migrated is a failure, said in the result line."""
+    monkeypatch.setattr(operator, "run_all", lambda layout, runs, concurrency:
+                        operator.Result(operator.Workload(), [], [], []))
+    assert operator.main(layout) == 1
+    wrote, last = ending(capsys.readouterr().out)
+    assert last.startswith("result: operator check (0 s): FAILED"), last
+    assert wrote == [layout.root / "bench" / "operator" / f"results.{x}"
                      for x in ("md", "json")]

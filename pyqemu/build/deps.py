@@ -100,6 +100,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
                    CALLGRIND, LIBVIRT_BUILD),
     "check faults": _union(BUILD, FIRMWARE, NETNS),
     "check libvirt": _union(BUILD, FIRMWARE, LIBVIRT, LIBVIRT_BUILD),
+    "check operator": _union(BUILD, FIRMWARE, LIBVIRT, LIBVIRT_BUILD,
+                             LINUX_GUEST),
     "check fuzz": _union(BUILD, FIRMWARE),
     "check backup": _union(BUILD, FIRMWARE, LINUX_GUEST),
     "check upstream": _union(BUILD, FIRMWARE, PEERS, CALLGRIND),

@@ -51,13 +51,18 @@ def wait_closed(image: Path, timeout: float = 60) -> None:
           f"the processes holding {image} to close it")
 
 
-def compare(qemu_img: Path, a: Path, b: Path) -> str:
+def compare(qemu_img: Path, a: Path, b: Path, shared: bool = False) -> str:
     """'identical', or what ``qemu-img compare`` said of two qcow2 images
     (a difference is a check's result, not an error); an image qemu-img
     cannot read raises CommandError, so that it never passes for a
-    difference."""
-    res = run([qemu_img, "compare", "-f", "qcow2", "-F", "qcow2", a, b],
-              check=False)
+    difference.
+
+    *shared* (``-U``): read images that a paused QEMU still holds open,
+    e.g. a libvirt domain's disk between two migrations.  Pausing flushed
+    QEMU's caches (``stop`` drains and flushes every block device), so
+    the file is what the guest wrote."""
+    res = run([qemu_img, "compare", *(["-U"] if shared else []), "-f",
+               "qcow2", "-F", "qcow2", a, b], check=False)
     if res.returncode == 0:
         return "identical"
     if res.returncode != 1:     # 2: qemu-img could not read them at all

@@ -34,8 +34,9 @@ from .domain import (
     host_uuid,
 )
 from .hosts import PRIVATE_DIRS, Host, Hosts, LibvirtError, sweep, tail
-from .monitorlog import MonitorLog
+from .monitorlog import Event, MonitorLog
 
-__all__ = ["PRIVATE_DIRS", "Boot", "CheckpointDisk", "DiskSpec", "DomainSpec", "Host",
-           "Hosts", "LibvirtError", "MonitorLog", "checkpoint_disks",
-           "default_machine", "host_uuid", "sweep", "tail"]
+__all__ = ["PRIVATE_DIRS", "Boot", "CheckpointDisk", "DiskSpec", "DomainSpec",
+           "Event", "Host", "Hosts", "LibvirtError", "MonitorLog",
+           "checkpoint_disks", "default_machine", "host_uuid", "sweep",
+           "tail"]
