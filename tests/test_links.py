@@ -45,7 +45,13 @@ def test_stalled_destination_sanitized(layout, sanitized):
 def test_slow_link(layout, setting):
     r = links.slow(layout, setting)
     if setting == "too-slow":
-        assert r.outcome.startswith("active, then cancelled"), r
+        # migrate_cancel shuts the return path down before it sets
+        # "cancelling" (migration_cancel(), stock 10.2.2 too), so the
+        # return path's error sometimes wins and the migration ends
+        # "failed": what matters is that it ended, still active at the
+        # cancel, with the source running and its bitmaps intact.
+        assert r.outcome in ("active, then cancelled",
+                             "active, then failed"), r
         assert r.source_running, r
     else:
         assert r.outcome == "completed", r
