@@ -358,6 +358,31 @@ class Qemu:
         raise HarnessError(f"{self.name}: no node {node!r}")
 
 
+def null_node(size: int) -> str:
+    """A ``-blockdev`` for node drive0 of *size* bytes that stores nothing:
+    bitmaps need a node, and null-co gives one of any size (4 TiB and
+    more) without a byte on disk, so the scripts can use the sizes where
+    the defects show."""
+    return f"driver=null-co,node-name=drive0,size={size}"
+
+
+def migration_pair(args: argparse.Namespace, workdir: Path, size: int
+                   ) -> tuple[Qemu, Qemu, Path]:
+    """A source and a destination QEMU, each with a :func:`null_node` of
+    *size* bytes, the destination waiting for the stream on a unix
+    socket in *workdir*; both running, the source's version noted.
+    Returns ``(src, dst, socket)``: the source is migrated with
+    ``migrate uri=unix:<socket>`` when the script is ready."""
+    sock = workdir / "mig.sock"
+    src = Qemu(args.qemu, workdir, "src", machine=args.machine,
+               args=("-blockdev", null_node(size))).launch()
+    dst = Qemu(args.qemu, workdir, "dst", machine=args.machine,
+               args=("-blockdev", null_node(size),
+                     "-incoming", f"unix:{sock}")).launch()
+    start_note(src)
+    return src, dst, sock
+
+
 def crash_evidence(vm: Qemu) -> str:
     """How *vm* ended, with the lines of its log that say why."""
     lines = crash_lines(vm.log())

@@ -26,13 +26,12 @@ from _common import (
     GiB,
     HarnessError,
     MiB,
-    Qemu,
     TiB,
     main,
+    migration_pair,
     not_reproduced,
     note,
     reproduced,
-    start_note,
 )
 
 DISK = 4 * TiB
@@ -41,18 +40,8 @@ GRANULARITY = 256 * MiB
 DEADLINE = 4.0
 
 
-def node() -> str:
-    return f"driver=null-co,node-name=drive0,size={DISK}"
-
-
 def run(args: argparse.Namespace, workdir: Path) -> None:
-    sock = workdir / "mig.sock"
-    src = Qemu(args.qemu, workdir, "src", machine=args.machine,
-               args=("-blockdev", node())).launch()
-    dst = Qemu(args.qemu, workdir, "dst", machine=args.machine,
-               args=("-blockdev", node(),
-                     "-incoming", f"unix:{sock}")).launch()
-    start_note(src)
+    src, dst, sock = migration_pair(args, workdir, DISK)
     src.cmd("block-dirty-bitmap-add", node="drive0", name="bitmap0",
             granularity=GRANULARITY)
     for offset in (0, DISK // 2 + 3 * GiB, DISK - 512):

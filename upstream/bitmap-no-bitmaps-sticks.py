@@ -24,26 +24,15 @@ from pathlib import Path
 from _common import (
     HarnessError,
     MiB,
-    Qemu,
     main,
+    migration_pair,
     not_reproduced,
     reproduced,
-    start_note,
 )
 
 
-def node() -> str:
-    return f"driver=null-co,node-name=drive0,size={64 * MiB}"
-
-
 def run(args: argparse.Namespace, workdir: Path) -> None:
-    sock = workdir / "mig.sock"
-    src = Qemu(args.qemu, workdir, "src", machine=args.machine,
-               args=("-blockdev", node())).launch()
-    dst = Qemu(args.qemu, workdir, "dst", machine=args.machine,
-               args=("-blockdev", node(),
-                     "-incoming", f"unix:{sock}")).launch()
-    start_note(src)
+    src, dst, sock = migration_pair(args, workdir, 64 * MiB)
     for vm in (src, dst):
         vm.set_caps(events=True, **{"dirty-bitmaps": True})
 
