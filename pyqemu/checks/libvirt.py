@@ -240,17 +240,6 @@ def _bitmaps(host: Host, dom: str, step: str) -> str:
     return ", ".join(out) or "none"
 
 
-def _jobinfo(host: Host, dom: str) -> dict[str, str]:
-    out = host.virsh("domjobinfo --completed", "domjobinfo", dom,
-                     "--completed", check=False)
-    info = {}
-    for line in out.splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            info[k.strip()] = v.strip()
-    return info
-
-
 def _bitmap_stats(host: Host, since: int) -> dict[str, Any]:
     """The patched QEMU's ``query-migrate`` ``dirty-bitmaps`` statistics
     from the last reply libvirt received since log mark *since* (libvirt
@@ -395,7 +384,7 @@ def scenario(layout: Layout, hosts: Hosts, a: Host, b: Host, flavour: str,
                                    f"{' '.join(flags)} {dom} {b.uri}: "
                                    f"exit {rc}: {tail(err)}")
         r.writes["migrate end"] = guest.progress(serial)
-        r.jobinfo = _jobinfo(b, dom)
+        r.jobinfo = b.completed_job(dom)
         qmp = a.monitor_log(mark)
         sets = qmp.sent("migrate-set-capabilities")
         if sets:

@@ -558,7 +558,7 @@ class Guest:
             m.ram_downtime_bytes = ret["ram"].get("downtime-bytes")
         m.downtime_ms = self.downtime(src, dst, run_.marks)
         m.timeline = self.timeline
-        info = jobinfo(dst, self.name)
+        info = dst.completed_job(self.name)
         m.elapsed_ms = _ms(info.get("Time elapsed"))
         m.qemu_downtime_ms = _ms(info.get("Total downtime"))
         self.since[dst.name] = run_.marks[1]
@@ -729,18 +729,6 @@ class Running:
             return m
         self.guest.arrived(self)
         return m
-
-
-def jobinfo(host: Host, dom: str) -> dict[str, str]:
-    """``virsh domjobinfo --completed`` as key: value."""
-    out = host.virsh("domjobinfo --completed", "domjobinfo", dom,
-                     "--completed", check=False)
-    info = {}
-    for line in out.splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            info[k.strip()] = v.strip()
-    return info
 
 
 def _ms(v: str | None) -> int | None:

@@ -210,6 +210,23 @@ class Host:
         return self.run(step, "virsh", "-c", "qemu:///system", *args,
                         timeout=timeout, check=check).stdout
 
+    def completed_job(self, dom: str) -> dict[str, str]:
+        """``virsh domjobinfo --completed`` of *dom* as key: value, keys
+        as virsh prints them ("Time elapsed", "Total downtime"), values
+        with their units ("12 ms").  On the destination of a migration
+        this is libvirt's own account of it.  A virsh failure is not
+        raised: the figures are extras of a record the caller has
+        already gathered, so they come back empty (missing keys) rather
+        than losing that record."""
+        out = self.virsh("domjobinfo --completed", "domjobinfo", dom,
+                         "--completed", check=False)
+        info = {}
+        for line in out.splitlines():
+            if ":" in line:
+                k, v = line.split(":", 1)
+                info[k.strip()] = v.strip()
+        return info
+
     def popen(self, *argv: str) -> subprocess.Popen[str]:
         """*argv* on this host, running on: a job to watch (virsh migrate)."""
         return subprocess.Popen(self.enter() + list(argv),
