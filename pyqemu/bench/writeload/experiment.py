@@ -15,6 +15,7 @@ from typing import Any
 from ...log import info
 from ...machine import linuxguest, migration
 from ...machine.hops import Hops
+from ...machine.linuxguest import WriterConfig
 from ...machine.vm import VM, MachineError
 from ...paths import Layout
 from ...util.units import MiB, fmt_bytes
@@ -348,18 +349,28 @@ def _cost(h: Hops, count: _Count, pattern: Pattern) -> CostResult:
     return out
 
 
+def _first_vm(layout: Layout, name: str, flavour: str,
+              config: WriterConfig, workdir: Path) -> VM:
+    """The VM a boot starts with: the Linux guest running *config*'s
+    writer on a DISK with the BITMAPS, traced.  The patched and the
+    fixes boots build it here alike, so that the report sets their hops
+    side by side under the same guest, disk and writes; only the build
+    (*flavour*) and the name differ."""
+    return VM(layout, name, [linuxguest.disk("disk0", DISK,
+                                             bitmaps=BITMAPS)],
+              flavour, workdir, machine=linuxguest.MACHINE,
+              memory_mb=linuxguest.MEMORY_MB,
+              extra_args=linuxguest.qemu_args(layout, config)
+              + trace_args(workdir))
+
+
 def run_boot(layout: Layout, pattern: Pattern, rate: int, workdir: Path,
              threshold_steps: tuple[float, ...] = ()) -> list[Result]:
     """One boot: the rate, HOPS live hops, the rate again, the threshold
     search if asked, then the migration without bitmaps, and MATCHED
     more without bitmaps at MATCHED_LIMIT."""
     config = writer(pattern, rate)
-    first = VM(layout, "hop0", [linuxguest.disk("disk0", DISK,
-                                                bitmaps=BITMAPS)],
-               "patched", workdir, machine=linuxguest.MACHINE,
-               memory_mb=linuxguest.MEMORY_MB,
-               extra_args=linuxguest.qemu_args(layout, config)
-               + trace_args(workdir))
+    first = _first_vm(layout, "hop0", "patched", config, workdir)
     count = _Count()
     out: list[Result] = []
     with Hops(first, workdir) as h:
@@ -398,12 +409,7 @@ def run_fixes_boot(layout: Layout, pattern: Pattern, rate: int,
     :data:`HOPS` at :data:`FIXES_LIMIT`; the guest's downtime of each is
     set against live mode's under the same writes in the report."""
     config = writer(pattern, rate)
-    first = VM(layout, "fix0", [linuxguest.disk("disk0", DISK,
-                                                bitmaps=BITMAPS)],
-               "fixes", workdir, machine=linuxguest.MACHINE,
-               memory_mb=linuxguest.MEMORY_MB,
-               extra_args=linuxguest.qemu_args(layout, config)
-               + trace_args(workdir))
+    first = _first_vm(layout, "fix0", "fixes", config, workdir)
     count = _Count()
     with Hops(first, workdir, prefix="fix") as h:
         boot = linuxguest.wait_started(h.vm.serial_log)
