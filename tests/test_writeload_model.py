@@ -77,16 +77,25 @@ def _hop(downtime: int, rate: float) -> results.Hop:
                        0.0, 0.5, 3.0, 4.0, 0)
 
 
+def _load(rate: int, idle: float, downtimes: tuple[int, ...],
+          live_rate: float, plain_downtime: int) -> results.LoadResult:
+    """A boot of the random pattern at rate setting *rate* (0: as fast as
+    it goes): *idle* writes/s before and after the hops, one live hop per
+    entry of *downtimes* (ms) with the guest at *live_rate* writes/s, and
+    the migration without bitmaps at the idle rate; no stall, a 10 s
+    boot.  The report tests differ only in these numbers, so each states
+    just them."""
+    return results.LoadResult("random", rate, idle, idle,
+                              [_hop(d, live_rate) for d in downtimes],
+                              _hop(plain_downtime, idle), 0, 10.0)
+
+
 def test_report_of_a_sweep_states_both_targets() -> None:
     """The tables render (a row as long as its header) and the targets
     say met or MISSED from the numbers, both ways."""
     loads: list[results.Result] = [
-        results.LoadResult("random", 1000, 1000.0, 1000.0,
-                           [_hop(d, 990.0) for d in (3, 4, 5)],
-                           _hop(2, 1000.0), 0, 10.0),
-        results.LoadResult("random", 0, 4000.0, 4000.0,
-                           [_hop(d, 3000.0) for d in (30, 40, 50)],
-                           _hop(3, 4000.0), 0, 10.0),
+        _load(1000, 1000.0, (3, 4, 5), 990.0, plain_downtime=2),
+        _load(0, 4000.0, (30, 40, 50), 3000.0, plain_downtime=3),
         # as fast as it goes, the target is the held migrations' ratio
         # in one QEMU, not the hops' (0.75 here)
         results.CostResult("random", [3900.0, 4000.0], [4000.0, 4100.0])]
@@ -122,13 +131,9 @@ def test_fixes_only_set_against_live_under_the_same_writes() -> None:
         h.visible_downtime_ms = visible
         h.switch_pending = 40 * MiB       # 625 ms at 64 MiB/s
     loads: list[results.Result] = [
-        results.LoadResult("random", 0, 4000.0, 4000.0,
-                           [_hop(d, 3000.0) for d in (3, 4, 5)],
-                           _hop(3, 4000.0), 0, 10.0),
+        _load(0, 4000.0, (3, 4, 5), 3000.0, plain_downtime=3),
         # another rate: must not be taken for the fixes' comparison
-        results.LoadResult("random", 1000, 1000.0, 1000.0,
-                           [_hop(d, 990.0) for d in (90, 90, 90)],
-                           _hop(2, 1000.0), 0, 10.0),
+        _load(1000, 1000.0, (90, 90, 90), 990.0, plain_downtime=2),
         results.FixesResult("random", 0, 4000.0, not_converged, fixes_hops,
                             12.0)]
     [(_, fixes, live)] = report.fixes_vs_live(loads)
