@@ -57,13 +57,14 @@ def pytest_collection_modifyitems(config: pytest.Config,
                                    items: list[pytest.Item]) -> None:
     """The longest modules first, the ones that need the sanitized tree
     last.  This is the order of a serial run (``-n 0``).  ``./run test``
-    runs two pytest-xdist workers with ``--dist loadfile``: a module
+    runs three pytest-xdist workers with ``--dist loadfile``: a module
     stays on one worker, since its tests may share a fixture that does a
     whole module's work once (all iotests in one ``check``).  xdist 3
     hands the modules out by their number of tests, most first, and this
-    order only breaks ties; kept by ``--no-loadscope-reorder``, it ran the
-    two longest modules together, which slowed both (247 s against 240 s
-    for the suite).  The fuzzer's tests wait for the sanitized tree
+    order only breaks ties; kept by ``--no-loadscope-reorder`` (with
+    test_operator put first), it ran the longest modules side by side,
+    which slowed each of them (250 s against 242 s for the suite, three
+    workers).  The fuzzer's tests wait for the sanitized tree
     wherever they land (the ``sanitized`` fixture)."""
     def rank(item: pytest.Item) -> int:
         stem = item.path.stem

@@ -68,12 +68,16 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         if status != "active" or busy is False:
             raise HarnessError(f"not the state to test: migration {status}, "
                                f"fb busy={busy}")
+        answered = True
         try:
             out = vm.hmp('qemu-io drive0 "write 40G 1M"')
         except Exception as e:          # noqa: BLE001 - QEMU died under it
             note(f"qemu-io got no answer: {type(e).__name__}")
-            out = ""
-        if vm.wait_exit(10 if not out else 1) is not None:
+            out, answered = "", False
+        # a monitor that answered (HMP qemu-io prints nothing on success)
+        # had a QEMU alive after the write; one that did not may still
+        # be dying
+        if vm.wait_exit(1 if answered else 10) is not None:
             reproduced(f"a 1 MiB write that grew the qcow2 file during the "
                        f"migration: {crash_evidence(vm)}")
         if "error" in out.lower() or "fail" in out.lower():
