@@ -366,10 +366,11 @@ def null_node(size: int) -> str:
     return f"driver=null-co,node-name=drive0,size={size}"
 
 
-def migration_pair(args: argparse.Namespace, workdir: Path, size: int
-                   ) -> tuple[Qemu, Qemu, Path]:
+def migration_pair(args: argparse.Namespace, workdir: Path, size: int,
+                   dst_size: int | None = None) -> tuple[Qemu, Qemu, Path]:
     """A source and a destination QEMU, each with a :func:`null_node` of
-    *size* bytes, the destination waiting for the stream on a unix
+    *size* bytes (the destination's *dst_size*, where the defect is a
+    size that differs), the destination waiting for the stream on a unix
     socket in *workdir*; both running, the source's version noted.
     Returns ``(src, dst, socket)``: the source is migrated with
     ``migrate uri=unix:<socket>`` when the script is ready."""
@@ -377,7 +378,7 @@ def migration_pair(args: argparse.Namespace, workdir: Path, size: int
     src = Qemu(args.qemu, workdir, "src", machine=args.machine,
                args=("-blockdev", null_node(size))).launch()
     dst = Qemu(args.qemu, workdir, "dst", machine=args.machine,
-               args=("-blockdev", null_node(size),
+               args=("-blockdev", null_node(dst_size or size),
                      "-incoming", f"unix:{sock}")).launch()
     start_note(src)
     return src, dst, sock

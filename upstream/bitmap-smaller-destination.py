@@ -34,20 +34,15 @@ from _common import (
     HarnessError,
     KiB,
     MiB,
-    Qemu,
     crash_evidence,
     main,
+    migration_pair,
     not_reproduced,
     note,
     reproduced,
-    start_note,
 )
 
 GRANULARITY = 64 * KiB
-
-
-def node(size: int) -> str:
-    return f"driver=null-co,node-name=drive0,size={size}"
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
@@ -55,13 +50,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         src_size, dst_size = GiB + 3 * MiB + 512, 2 * GiB
     else:
         src_size, dst_size = 2 * GiB, GiB
-    sock = workdir / "mig.sock"
-    src = Qemu(args.qemu, workdir, "src", machine=args.machine,
-               args=("-blockdev", node(src_size))).launch()
-    dst = Qemu(args.qemu, workdir, "dst", machine=args.machine,
-               args=("-blockdev", node(dst_size),
-                     "-incoming", f"unix:{sock}")).launch()
-    start_note(src)
+    src, dst, sock = migration_pair(args, workdir, src_size, dst_size)
     src.cmd("block-dirty-bitmap-add", node="drive0", name="bitmap0",
             granularity=GRANULARITY)
     src.hmp('qemu-io drive0 "write 1M 64k"')
