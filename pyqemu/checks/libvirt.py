@@ -66,6 +66,7 @@ from typing import Any
 from ..build.driver import build
 from ..build.libvirt import build as build_libvirt
 from ..errors import PyqemuError
+from ..log import info
 from ..machine import guest, images
 from ..machine.libvirt import (
     DiskSpec,
@@ -486,6 +487,9 @@ def run_all(layout: Layout, configs: tuple[tuple[str, str], ...] = CONFIGS,
                              for t in ("qemu-img", "qemu-nbd")})
             check.domcaps[flavour] = domcapabilities(a, p)
             for storage in storages:
+                # one line per scenario: each takes tens of seconds
+                info(f"check libvirt: {flavour} QEMU, {which} libvirt, "
+                     f"{storage} storage")
                 r = scenario(layout, hosts, a, b, flavour, storage, p)
                 r.libvirt = which
                 check.results.append(r)

@@ -86,6 +86,7 @@ from ..bench.fill import fill
 from ..build.driver import build
 from ..build.libvirt import build as build_libvirt
 from ..errors import PyqemuError
+from ..log import info
 from ..machine import accel, images, linuxguest
 from ..machine.libvirt import (
     Boot,
@@ -832,6 +833,9 @@ def measure(lab: Lab, runs: int = RUNS,
     lives = []
     for r in range(runs):
         for key in configs:
+            # one line per migration: each takes tens of seconds
+            info(f"check operator ({accel.label()}): round {r + 1}/{runs}, "
+                 f"{CONFIGS[key].label}")
             with guests(lab, [key], f"m{r}-") as made:
                 _migrate_and_verify(made)
                 lives.append(made[0].life)
@@ -850,6 +854,7 @@ def at_once(lab: Lab, configs: list[str], prefix: str,
 def concurrent(lab: Lab, n: int = CONCURRENT, config: str = "ours"
                ) -> list[Life]:
     """*n* domains with checkpoints and writers, migrated at once."""
+    info(f"check operator: {n} domains ({CONFIGS[config].label}) at once")
     return at_once(lab, [config] * n, "c")
 
 
@@ -858,6 +863,8 @@ def mixed(lab: Lab) -> list[Life]:
     host a: one domain from b to a and back.  It is checked at the end
     only (a check pauses the guest for good, see :meth:`Guest.verify`);
     its chain spans both migrations, and its bitmaps went through both."""
+    info(f"check operator: mixed hosts ({CONFIGS['mixed'].label}), "
+         "there and back")
     with guests(lab, ["mixed"], "x", on=["b"]) as made:
         _migrate_and_verify(made, verify=False)
         _migrate_and_verify(made)
