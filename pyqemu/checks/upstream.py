@@ -90,12 +90,14 @@ def judge(layout: Layout, flavour: str, test: str,
     return f"{test}: {verdict.status} {verdict.detail}".rstrip()
 
 
-def _check(iotests_dir: Path, fmt: str, tests: list[str],
-           timeout: float) -> tuple[dict[str, Verdict], str]:
-    """One ``check -<fmt>`` run of *tests*: its verdicts and its log."""
+def _check(iotests_dir: Path, fmt: str, tests: list[str], timeout: float,
+           options: tuple[str, ...] = ()) -> tuple[dict[str, Verdict], str]:
+    """One ``check -<fmt> [options]`` run of *tests*: its verdicts and
+    its log."""
     first = ["nice", "-n", "-10"] if os.geteuid() == 0 else []
     res = run([*first, sys.executable, iotests_dir / "check", f"-{fmt}",
-               *tests], cwd=iotests_dir, timeout=timeout, check=False)
+               *options, *tests], cwd=iotests_dir, timeout=timeout,
+              check=False)
     log = res.stdout + res.stderr
     verdicts: dict[str, Verdict] = {}
     # A result reads "<name>  pass|fail|not run  [start] [end]  <detail>";
@@ -110,10 +112,11 @@ def _check(iotests_dir: Path, fmt: str, tests: list[str],
 
 
 def run_iotests(layout: Layout, flavour: str, tests: tuple[str, ...],
-                timeout: float = 900) -> tuple[dict[str, Verdict], str]:
-    """Run *tests* with QEMU's ``check``, one run per image format (qcow2
-    unless :data:`FORMATS` says otherwise); return the verdicts and the
-    logs.
+                timeout: float = 900, options: tuple[str, ...] = ()
+                ) -> tuple[dict[str, Verdict], str]:
+    """Run *tests* with QEMU's ``check`` (and its *options*, e.g.
+    ``-valgrind``), one run per image format (qcow2 unless
+    :data:`FORMATS` says otherwise); return the verdicts and the logs.
 
     As root, ``check`` and its QEMUs run at nice -10: ``./run test`` runs
     them beside another pytest worker's TCG guests on two cores, and
@@ -127,7 +130,7 @@ def run_iotests(layout: Layout, flavour: str, tests: tuple[str, ...],
     verdicts: dict[str, Verdict] = {}
     logs = []
     for fmt, names in by_format.items():
-        got, log = _check(iotests_dir, fmt, names, timeout)
+        got, log = _check(iotests_dir, fmt, names, timeout, options)
         verdicts.update(got)
         logs.append(f"=== check -{fmt}\n{log}")
     return verdicts, "\n".join(logs)
