@@ -32,9 +32,9 @@ from ..util.poll import until
 from ..util.proc import Background, die_with_parent, run
 
 #: pytest-xdist workers.  The suite mostly waits (on guests, migrations
-#: held to a bandwidth, timeouts that must expire): a warm run used 1.3 of
-#: the 2 cores with three workers, and took 4 min 4 s against 5 min 20 s
-#: with two.  Each test module stays on one worker (``loadfile``; see
+#: held to a bandwidth, timeouts that must expire): a warm run with two
+#: workers used 1.3 of the 2 cores; three took 4 min 4 s against 5 min
+#: 20 s with two.  Each test module stays on one worker (``loadfile``; see
 #: tests/conftest.py).  ``./run test -- -n 0`` runs the suite serially.
 WORKERS = 3
 
