@@ -426,8 +426,8 @@ class Guest:
             (DiskSpec(str(self.disk), TARGET, "qcow2", bus="virtio",
                       iothread=1),),
             self.serial, memory_mib=self.w.memory_mib, virt=domain_type(),
-            boot=Boot(kernel.vmlinuz, linuxguest.initramfs(self.layout,
-                                                           kernel), cmdline),
+            boot=Boot(linuxguest.boot_image(self.layout, kernel),
+                      linuxguest.initramfs(self.layout, kernel), cmdline),
             iothreads=1)
 
     # -- start ------------------------------------------------------------
