@@ -5,17 +5,20 @@ QEMU did, never on how long it took (``./run check operator`` measures).
 * our libvirt and QEMU on both hosts: with shared storage libvirt enables
   ``dirty-bitmaps`` and ``dirty-bitmaps-live`` with a mapping of every
   checkpoint's bitmap, and QEMU sends them while the guest runs;
-* Debian's libvirt and stock QEMU on both hosts, as operators run it
-  today: no bitmap capability, the checkpoints' bitmaps go through the
-  image (stored by the source, loaded by the destination inside the
-  downtime) and arrive whole all the same;
-* our libvirt and QEMU on one host, Debian's libvirt and stock QEMU on the
-  other, there and back: each migration completes as it does today, the bitmaps
-  going through the image;
+* our libvirt and QEMU on one host, Debian's libvirt and stock QEMU on
+  the other, there and back: each migration completes as it does today,
+  the bitmaps going through the image;
 * each time, the guest-visible downtime is measured from both QEMUs'
   events, the virtnbdbackup chain restores equal to the disk (and its
   controls differ), and the 8 checkpoints redefine on the destination
   with ``--redefine-validate`` over bitmaps that are still fully dirty.
+
+Debian's libvirt and stock QEMU on both hosts, as operators run them
+today, is ``./run check operator``'s baseline and not run here: neither
+program is ours, and the mixed hosts show both halves of it (a stock
+source, then a stock destination, no bitmap capability, the bitmaps
+through the image, the chain restored).  It cost a third of this
+module's time in a warm suite.
 
 The disk is 1 TiB rather than the check's 16 TiB (8 bitmaps of 2 MiB) and
 the guest has 512 MiB of RAM rather than 2 GiB: what is asserted does not
@@ -98,12 +101,12 @@ def test_phases_split_the_downtime_at_the_events() -> None:
 @pytest.fixture(scope="module")
 def lives(layout: Layout, libvirtd: Path) -> dict[str, list[op.Life]]:
     """The reduced scenario, once for the module: one domain under our
-    libvirt and QEMU, one under Debian's libvirt and stock QEMU, one
-    between mixed hosts there and back; one after the other (TCG guests
-    side by side slow each other down more than they save).  Afterwards
-    no host directory (images, backups, namespaces' files) is left."""
+    libvirt and QEMU, one between mixed hosts there and back; one after
+    the other (TCG guests side by side slow each other down more than
+    they save).  Afterwards no host directory (images, backups,
+    namespaces' files) is left."""
     with op.Lab(layout, WORKLOAD) as lab:
-        got = op.measure(lab, runs=1, configs=("ours", "stock"))
+        got = op.measure(lab, runs=1, configs=("ours",))
         got += op.mixed(lab)
         workdirs = [h.workdir for h, _, _ in lab.pairs.values()]
     assert workdirs and not [d for d in workdirs if d.exists()]
@@ -170,24 +173,6 @@ def test_our_libvirt_sends_the_checkpoints_live(
     _chain_restored(c)
 
 
-def test_debians_pair_takes_the_checkpoints_through_the_image(
-        lives: dict[str, list[op.Life]]) -> None:
-    """Debian's libvirt and stock QEMU on both hosts: libvirt 9.0 leaves
-    dirty-bitmaps off with shared storage, so nothing is mapped or sent;
-    the source stores the 8 bitmaps into the qcow2 and the destination
-    loads them, whole.  (Our libvirt's assertions above fail here: no
-    dirty-bitmaps-live, no mapping, no bitmap statistics.)"""
-    (lf,) = lives["stock"]
-    (m,), c = _one(lf)
-    assert "dirty-bitmaps" not in m.caps_enabled
-    assert "dirty-bitmaps-live" not in m.caps_enabled
-    assert m.mapped == ()
-    assert m.bitmap_stats == {}
-    assert m.travel() == "image"
-    _downtime_measured(m)
-    _chain_restored(c)
-
-
 def test_mixed_hosts_migrate_both_ways_through_the_image(
         lives: dict[str, list[op.Life]]) -> None:
     """Debian's libvirt and stock QEMU on host b, our libvirt and QEMU on
@@ -196,7 +181,8 @@ def test_mixed_hosts_migrate_both_ways_through_the_image(
     stock destination having no live mode.  Either way the migration is
     today's: no bitmap capability, the bitmaps stored into the image and
     loaded from it, and after both they are whole and the chain
-    restores."""
+    restores.  (The first test's assertions fail here: no
+    dirty-bitmaps-live, no mapping, no bitmap statistics.)"""
     (lf,) = lives["mixed"]
     ms, c = _one(lf, migrations=2)
     assert [(m.src, m.dst) for m in ms] == [("b", "a"), ("a", "b")]
