@@ -59,7 +59,10 @@ class Reproducer:
     #: defect does not show
     slow: tuple[str, ...] = ()
     #: arguments the test suite adds to keep a slow run short;
-    #: ``./run check upstream`` runs the script's own defaults
+    #: ``./run check upstream`` runs the script's own defaults.  One
+    #: round of the use after free: the defect showed in the first
+    #: round 24 times in 24 on stock (see the script), so a patched
+    #: build that regressed would fail the first round as surely
     quick_args: tuple[str, ...] = ()
 
 
@@ -83,7 +86,7 @@ REPRODUCERS = (
                "block_resize of a migrating bitmap's node aborts", "0007"),
     Reproducer("quit-postcopy", "bitmap-quit-postcopy.py",
                "quit during bitmap postcopy: use after free", "0009",
-               slow=("patched",), quick_args=("--rounds", "2")),
+               slow=("patched",), quick_args=("--rounds", "1")),
     Reproducer("qemu-io-inactive-node", "qemu-io-inactive-node.py",
                "HMP qemu-io write to an inactive node aborts", "0023"),
     Reproducer("write-grows-file", "bitmap-write-grows-file.py",
