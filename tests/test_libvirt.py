@@ -61,15 +61,21 @@ def _etc_libvirt() -> dict[str, bytes]:
 
 def test_hosts_are_two_machines_and_leave_nothing_behind() -> None:
     """Distinct host UUIDs and hostnames, each libvirtd reachable from the
-    peer over TCP only; neither sweep takes a live run's namespaces;
-    afterwards no process, namespace or directory is left, and the
-    machine's libvirt directories are untouched."""
+    peer over TCP only and free to run on every CPU; neither sweep takes
+    a live run's namespaces; afterwards no process, namespace or
+    directory is left, and the machine's libvirt directories are
+    untouched."""
     before = {d: os.path.exists(d) for d in MACHINE_DIRS}
     etc = _etc_libvirt()
     hosts = Hosts()
     with hosts as (a, b):
         pids = [h.anchor.pid for h in (a, b) if h.anchor] + \
                [h.daemon.pid for h in (a, b) if h.daemon]
+        # started on CPU 0 for its capabilities cache, then let go
+        for h in (a, b):
+            assert h.daemon is not None
+            assert os.sched_getaffinity(h.daemon.pid) == \
+                os.sched_getaffinity(0)
         uuids = []
         for me, peer in ((a, b), (b, a)):
             caps = me.run("capabilities via the peer's libvirtd", "virsh",
@@ -184,12 +190,13 @@ def test_backup_chain_survives_virsh_migrate_copy_storage(
     downtime limit, the series under the limit set.
 
     Shared storage, the operator's default, is tests/test_operator.py's:
-    the same two (QEMU, libvirt) pairs migrate there over shared storage,
-    with eight checkpoints rather than one, and assert what shared runs
-    here would (which capabilities libvirt enables, the mapping, how the
-    bitmaps travel, the chain restored equal and its controls different).
-    Running them here as well cost a minute of a warm suite for no
-    assertion of their own; ``./run check libvirt`` still runs both."""
+    our pair migrates there, and so do mixed hosts (Debian's pair on one
+    side), with eight checkpoints rather than one, asserting what shared
+    runs here would (which capabilities libvirt enables, the mapping, how
+    the bitmaps travel, the chain restored equal and its controls
+    different).  Running them here as well cost a minute of a warm suite
+    for no assertion of their own; ``./run check libvirt`` still runs
+    both."""
     flavour, which, h, a, b = config_hosts
     logs = _tool_logs()
     p = check.probe(layout, flavour)

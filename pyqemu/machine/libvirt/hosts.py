@@ -31,6 +31,7 @@ alone; :func:`sweep` here removes those of a run that no longer exists
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import re
@@ -48,6 +49,7 @@ from types import TracebackType
 
 from ...build import deps
 from ...errors import PyqemuError
+from ...paths import cache_root
 from ...util.poll import until
 from ...util.proc import die_with_parent, run
 from .. import netns
@@ -129,6 +131,72 @@ def sweep() -> list[str]:
             shutil.rmtree(d, ignore_errors=True)
             removed.append(str(d))
     return removed
+
+
+#: Where libvirtd caches what it probed of each QEMU binary, inside a host
+CAPS_DIR = Path("cache") / "qemu" / "capabilities"
+
+
+def caps_store(libvirtd: str) -> Path:
+    """The persistent copy of the capabilities cache of *libvirtd* (a
+    name on PATH or a path).
+
+    A fresh host's libvirtd probes every QEMU binary it meets: it starts
+    each one and asks it over QMP for everything, 4 s a binary under
+    TCG here, 8 s for the first ``virsh capabilities`` (Debian's two
+    qemu-system binaries).  Every :class:`Hosts` starts fresh hosts, so
+    the tests paid that again and again for the same binaries.  Hosts
+    now start with the cache their libvirtd left last time and give back
+    what it added.  libvirt itself decides whether an entry still holds:
+    it checks the QEMU binary's ctime, its own ctime and version and the
+    host's kernel and microcode, and probes again on any change.  One
+    store per libvirtd binary (by path, size and mtime), since each
+    would find the other's entries stale and overwrite them.
+
+    The host CPU it checks too is the CPUID it read when it started, and
+    on this machine leaf 0x1f's EDX (the x2APIC ID of the CPU that asks)
+    differs between the two CPUs: every entry made by a libvirtd started
+    on the other CPU was stale (2 probes in 2 starts here).  So libvirtd
+    starts on CPU 0 and is let onto every CPU once it answers; the QEMUs
+    it starts later get every CPU from libvirt anyway."""
+    found = shutil.which(libvirtd, path=os.pathsep.join(
+        (os.environ.get("PATH", ""), "/usr/sbin", "/sbin"))) or libvirtd
+    key = found
+    with contextlib.suppress(OSError):
+        st = os.stat(found)
+        key += f"\0{st.st_size}\0{st.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_root() / "libvirt-caps" / digest
+
+
+def _copy_new(src: Path, dst: Path) -> None:
+    """Each file of *src* that *dst* lacks or holds other bytes of,
+    copied there atomically: hosts of other test workers read *dst*
+    meanwhile and write it too (last one wins, both valid)."""
+    if not src.is_dir():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.suffix != ".xml" or not f.is_file():
+            continue
+        data = f.read_bytes()
+        target = dst / f.name
+        with contextlib.suppress(OSError):
+            if target.read_bytes() == data:
+                continue
+        tmp = dst / f".{f.name}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        tmp.chmod(0o600)
+        tmp.rename(target)
+
+
+def _unpin(pid: int) -> None:
+    """Let every thread of *pid* run on every CPU again (a thread that
+    ends meanwhile is no matter)."""
+    cpus = os.sched_getaffinity(0)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), cpus)
 
 
 def _started(what: str, ready: Callable[[], bool], timeout: float,
@@ -275,6 +343,8 @@ class Host:
         the QEMUs libvirtd daemonizes do not, and are killed by
         :meth:`stop` or the next :func:`sweep`."""
         self._write_config(qemu_conf_extra)
+        with contextlib.suppress(OSError):     # a cache: probing is the fallback
+            _copy_new(caps_store(self.libvirtd), self.root / CAPS_DIR)
         argv = ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--uts",
                 "--propagation", "private", "--", "sh", "-c", _SETUP, "setup",
                 str(self.root), f"pq-host-{self.name}", "virtlogd"]
@@ -285,7 +355,9 @@ class Host:
         _started(f"[host {self.name}] start virtlogd",
                  lambda: (self.root / "run" / "virtlogd-sock").exists(), 30,
                  self.anchor, self.root / "log" / "virtlogd.log")
-        argv = self.enter() + [self.libvirtd, "--listen", "--pid-file",
+        # Started on CPU 0, see :func:`caps_store`; unpinned below
+        argv = self.enter() + ["taskset", "-c", "0", self.libvirtd,
+                               "--listen", "--pid-file",
                                "/run/libvirt/libvirtd.pid"]
         self.daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL,
@@ -294,6 +366,7 @@ class Host:
                                        preexec_fn=die_with_parent())
         _started(f"[host {self.name}] start libvirtd", self._answers, 60,
                  self.daemon, self.root / "log" / "libvirtd.log")
+        _unpin(self.daemon.pid)
 
     def _answers(self) -> bool:
         sock = self.root / "run" / "libvirt-sock"
@@ -320,6 +393,9 @@ class Host:
                     p.wait()
                 if p.stderr:
                     p.stderr.close()
+        if self.daemon is not None:
+            with contextlib.suppress(OSError):
+                _copy_new(self.root / CAPS_DIR, caps_store(self.libvirtd))
 
     def log(self, name: str = "libvirtd.log") -> str:
         """One of this host's libvirt logs (libvirtd's holds its QMP)."""
