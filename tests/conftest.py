@@ -43,8 +43,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "background, as --sanitized-status")
 
 
-#: Long modules: 130, 98 and 108 s of a warm run on the slower machine of
-#: README's timings (test_operator, 131 s, sorts in with the rest)
+#: Run first: the two longest modules (82 and 100 s of a warm run of
+#: README's timings), and test_backup, the third when this order was
+#: chosen (32 s now that its Linux guests boot faster; README's runs had
+#: this order, and their workers ended within 9 s of each other)
 LONGEST_FIRST = ("test_libvirt", "test_upstream", "test_backup")
 #: seconds a test waits for the background build of the sanitized tree:
 #: about 5 minutes from a cold ccache, longer while the tests run
