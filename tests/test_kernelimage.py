@@ -32,12 +32,22 @@ def elf(notes: list[tuple[bytes, int]]) -> bytes:
 def bzimage(payload: bytes) -> bytes:
     """A bzImage as far as its setup header says where the payload is:
     one setup sector after the boot sector, the payload right after."""
+    # the kernel's build appends the uncompressed size to the stream,
+    # and counts it in the payload's length
+    payload += struct.pack("<I", 1 << 20)
     image = bytearray(1024)
     image[0x1F1] = 1
     image[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", image, 0x206, 0x20F)             # protocol 2.15
     struct.pack_into("<II", image, 0x248, 0, len(payload))
-    # the kernel's build appends the uncompressed size to the stream
     return bytes(image) + payload
+
+
+def old_protocol(image: bytes) -> bytes:
+    """*image* claiming boot protocol 2.07, which has no payload fields."""
+    out = bytearray(image)
+    struct.pack_into("<H", out, 0x206, 0x207)
+    return bytes(out)
 
 
 PVH = elf([(b"GNU\0", 3), (b"Xen\0", 18)])
@@ -78,6 +88,7 @@ def test_what_cannot_boot_unpacked_boots_as_it_is(tmp_path: Path) -> None:
         "no-pvh": bzimage(gzip.compress(elf([(b"GNU\0", 3)]))),
         "zstd": bzimage(b"\x28\xb5\x2f\xfd" + bytes(64)),
         "not-a-bzimage": b"\x7fELF" + bytes(2000),
+        "protocol-2.07": old_protocol(bzimage(gzip.compress(PVH))),
         "payload-past-the-end": bzimage(gzip.compress(PVH))[:-10],
     }
     for name, data in cases.items():

@@ -1,6 +1,7 @@
 """The libvirt hosts keep libvirtd's QEMU capabilities cache between runs
 (pyqemu/machine/libvirt/hosts.py): one store per libvirtd binary, copied
-into a fresh host and back, never half-written."""
+into a fresh host and back, each file replaced whole (an entry libvirtd
+itself left cut short, libvirt rejects and probes again)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_copy_takes_new_and_changed_entries_only(tmp_path: Path) -> None:
     src.mkdir()
     (src / "a.xml").write_text("<a/>")
     (src / "b.xml").write_text("<b/>")
-    (src / "a.xml.new").write_text("half")       # not an entry
+    (src / "a.xml.tmp").write_text("other")      # not an entry
     hosts._copy_new(src, dst)
     assert sorted(p.name for p in dst.iterdir()) == ["a.xml", "b.xml"]
     assert (dst / "a.xml").stat().st_mode & 0o777 == 0o600

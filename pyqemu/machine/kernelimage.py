@@ -30,17 +30,22 @@ from pathlib import Path
 #: (boot protocol 2.08 and later)
 _SETUP_SECTS = 0x1F1
 _HDRS = 0x202
+_VERSION = 0x206
 _PAYLOAD = 0x248
 #: ELF note of a kernel with a PVH entry point: owner "Xen", type
 #: XEN_ELFNOTE_PHYS32_ENTRY
 _PVH_NOTE = (b"Xen\0", 18)
 _PT_NOTE = 4
+#: Bump when what is unpacked, or when, changes for the same vmlinuz
+#: (another compression read, another check): the cache is keyed on it.
+FORMAT = 1
 
 
 def payload(image: bytes) -> bytes | None:
     """The compressed kernel inside a bzImage, None if *image* is not one
     (or too old to say where its payload is)."""
-    if len(image) < _PAYLOAD + 8 or image[_HDRS:_HDRS + 4] != b"HdrS":
+    if len(image) < _PAYLOAD + 8 or image[_HDRS:_HDRS + 4] != b"HdrS" \
+            or struct.unpack_from("<H", image, _VERSION)[0] < 0x208:
         return None
     setup = ((image[_SETUP_SECTS] or 4) + 1) * 512
     offset, length = struct.unpack_from("<II", image, _PAYLOAD)
@@ -101,7 +106,8 @@ def unpacked(vmlinuz: Path, cache: Path) -> Path:
     *cache* (made once per content of *vmlinuz*), or *vmlinuz* itself
     when it cannot be unpacked into something QEMU boots."""
     image = vmlinuz.read_bytes()
-    digest = hashlib.sha256(image).hexdigest()[:16]
+    digest = hashlib.sha256(f"{FORMAT}\0".encode() + image
+                            ).hexdigest()[:16]
     out = cache / f"vmlinux-{digest}"
     if out.exists():
         return out

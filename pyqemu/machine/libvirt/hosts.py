@@ -148,17 +148,19 @@ def caps_store(libvirtd: str) -> Path:
     the tests paid that again and again for the same binaries.  Hosts
     now start with the cache their libvirtd left last time and give back
     what it added.  libvirt itself decides whether an entry still holds:
-    it checks the QEMU binary's ctime, its own ctime and version and the
-    host's kernel and microcode, and probes again on any change.  One
+    it checks the QEMU binary's ctime, its own ctime and version, and,
+    for an entry probed where /dev/kvm answers (as it does here), the
+    host's kernel, microcode and CPU; it probes again on any change, and
+    when an entry does not load (one cut short by a killed libvirtd).  One
     store per libvirtd binary (by path, size and mtime), since each
     would find the other's entries stale and overwrite them.
 
-    The host CPU it checks too is the CPUID it read when it started, and
-    on this machine leaf 0x1f's EDX (the x2APIC ID of the CPU that asks)
+    The host CPU it checks is the CPUID it read when it started, and on
+    this machine leaf 0x1f's EDX (the x2APIC ID of the CPU that asks)
     differs between the two CPUs: every entry made by a libvirtd started
     on the other CPU was stale (2 probes in 2 starts here).  So libvirtd
-    starts on CPU 0 and is let onto every CPU once it answers; the QEMUs
-    it starts later get every CPU from libvirt anyway."""
+    starts on the first CPU this process may use and is let onto all of
+    them once it answers."""
     found = shutil.which(libvirtd, path=os.pathsep.join(
         (os.environ.get("PATH", ""), "/usr/sbin", "/sbin"))) or libvirtd
     key = found
@@ -191,11 +193,12 @@ def _copy_new(src: Path, dst: Path) -> None:
 
 
 def _unpin(pid: int) -> None:
-    """Let every thread of *pid* run on every CPU again (a thread that
-    ends meanwhile is no matter)."""
+    """Let every thread of *pid* run on every CPU this process may use (a
+    thread that ends meanwhile is no matter; threads it starts later
+    inherit the mask of the thread that starts them)."""
     cpus = os.sched_getaffinity(0)
     for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(int(tid), cpus)
 
 
@@ -355,8 +358,9 @@ class Host:
         _started(f"[host {self.name}] start virtlogd",
                  lambda: (self.root / "run" / "virtlogd-sock").exists(), 30,
                  self.anchor, self.root / "log" / "virtlogd.log")
-        # Started on CPU 0, see :func:`caps_store`; unpinned below
-        argv = self.enter() + ["taskset", "-c", "0", self.libvirtd,
+        # Started on one CPU, see :func:`caps_store`; unpinned below
+        first = str(min(os.sched_getaffinity(0)))
+        argv = self.enter() + ["taskset", "-c", first, self.libvirtd,
                                "--listen", "--pid-file",
                                "/run/libvirt/libvirtd.pid"]
         self.daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
