@@ -418,16 +418,16 @@ class Guest:
                 time.monotonic() - t
 
     def spec(self, flavour: str) -> DomainSpec:
+        # the domain boots what a plain QEMU of the tests boots
         cfg = linuxguest.qemu_args(self.layout, self.w.writer)
-        kernel = linuxguest.kernel()
-        cmdline = cfg[cfg.index("-append") + 1]
+        kernel, initrd, cmdline = (cfg[cfg.index(opt) + 1] for opt in
+                                   ("-kernel", "-initrd", "-append"))
         return DomainSpec(
             self.name, self.layout.binary("qemu-system-x86_64", flavour),
             (DiskSpec(str(self.disk), TARGET, "qcow2", bus="virtio",
                       iothread=1),),
             self.serial, memory_mib=self.w.memory_mib, virt=domain_type(),
-            boot=Boot(linuxguest.boot_image(self.layout, kernel),
-                      linuxguest.initramfs(self.layout, kernel), cmdline),
+            boot=Boot(Path(kernel), Path(initrd), cmdline),
             iothreads=1)
 
     # -- start ------------------------------------------------------------
