@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import lzma
-import os
 import struct
 import zlib
 from pathlib import Path
+
+from ..util.files import write_atomic
 
 #: bzImage setup header (Documentation/arch/x86/boot.rst): setup_sects at
 #: 0x1f1, the "HdrS" magic at 0x202, payload_offset/length at 0x248
@@ -120,7 +121,5 @@ def unpacked(vmlinuz: Path, cache: Path) -> Path:
     if elf is None or not has_pvh_note(elf):
         no.touch()
         return vmlinuz
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")   # parallel workers
-    tmp.write_bytes(elf)
-    tmp.rename(out)
+    write_atomic(out, elf)          # parallel workers
     return out

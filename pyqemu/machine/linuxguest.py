@@ -32,7 +32,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from typing import Callable, TypeVar
 from ..build import deps
 from ..errors import PyqemuError
 from ..paths import REPO, Layout
+from ..util.files import write_atomic
 from ..util.poll import PollTimeout, until
 from ..util.proc import run
 from ..util.units import GiB
@@ -299,10 +299,9 @@ def initramfs(layout: Layout, k: Kernel | None = None) -> Path:
                 made.add(str(p))
         cpio.file(f"lib/modules/{m}", (k.modules / m).read_bytes())
     cpio.file("modules.order", "".join(f"{m}\n" for m in modules).encode())
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")   # parallel workers
     # mtime=0: the same inputs give the same bytes
-    tmp.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
-    tmp.rename(out)
+    write_atomic(out, gzip.compress(cpio.finish(), compresslevel=6,
+                                    mtime=0))
     return out
 
 

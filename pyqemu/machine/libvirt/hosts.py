@@ -50,6 +50,7 @@ from types import TracebackType
 from ...build import deps
 from ...errors import PyqemuError
 from ...paths import cache_root
+from ...util.files import write_atomic
 from ...util.poll import until
 from ...util.proc import die_with_parent, run
 from .. import netns
@@ -186,10 +187,7 @@ def _copy_new(src: Path, dst: Path) -> None:
         with contextlib.suppress(OSError):
             if target.read_bytes() == data:
                 continue
-        tmp = dst / f".{f.name}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        tmp.chmod(0o600)
-        tmp.rename(target)
+        write_atomic(target, data, 0o600)
 
 
 def _unpin(pid: int) -> None:
